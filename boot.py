@@ -1,0 +1,4 @@
+# Board start-up, before main.py. (OTA staging will be applied here.)
+import gc
+
+gc.collect()

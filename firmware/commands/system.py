@@ -1,0 +1,93 @@
+# Section 1 of the spec: system commands, and the error-detail extension.
+import gc
+
+import machine
+
+from firmware import at, board, ctx, serial, settings
+from firmware.version import VERSION
+
+
+# A table row for an ON/OFF setting: AT+X? / AT+X=? / AT+X answer "<reply>ON|OFF",
+# AT+X=ON|OFF sets it.
+def switch(key, reply):
+    def query():
+        return reply + at.word(ctx.settings[key])
+
+    def setter(p):
+        at.count(p, 1)
+        ctx.settings.set(key, at.on_off(p, 0))
+
+    return (query, query, setter, query)
+
+
+# Row for a value that can only be read: every form but "=" answers it.
+def reading(fn):
+    return (fn, fn, None, fn)
+
+
+def _ok():
+    return None
+
+
+def _fwver():
+    return "+FWVER:" + VERSION
+
+
+def _systime():
+    return "+SYSTIME:{}".format(ctx.uptime_ms())
+
+
+def _memfree():
+    gc.collect()
+    return "+MEMFREE:{}".format(gc.mem_free())
+
+
+def _factory():
+    settings.wipe()
+    ctx.serial.after_reply(restart)
+
+
+def _reboot():
+    ctx.serial.after_reply(restart)
+
+
+def restart():
+    ctx.serial.flush()
+    machine.reset()
+
+
+# Deep sleep until the host pulls the STANDBY pin low; the module then starts afresh.
+def _standby():
+    ctx.serial.after_reply(_sleep)
+
+
+def _sleep():
+    import esp32
+
+    ctx.serial.flush()
+    pin = machine.Pin(board.WAKE_PIN, machine.Pin.IN, machine.Pin.PULL_UP)
+    esp32.wake_on_ext0(pin, esp32.WAKEUP_ALL_LOW)
+    machine.deepsleep()
+
+
+# Extension: the reason of the most recent ERROR.
+def _errno():
+    return serial.error_line(ctx.serial.last_error)
+
+
+COMMANDS = {
+    "": (None, None, None, _ok),
+    "FWVER": reading(_fwver),
+    "SYSTIME": reading(_systime),
+    "MEMFREE": reading(_memfree),
+    "FACTORY": (None, None, None, _factory),
+    "REBOOT": (None, None, None, _reboot),
+    "FLASHLOCK": switch("flashlock", "+FLASHLOCK:"),
+    # "=" rather than ":" as the document writes it: a "+WEVENT:" prefix would be taken
+    # for an event by every driver's event matcher (wire notes).
+    "WEVENT": switch("wevent", "+WEVENT="),
+    "CIPEVENT": switch("cipevent", "+CIPEVENT="),
+    "STANDBY": (None, None, None, _standby),
+    "ERRNO": reading(_errno),
+    "ERRVERBOSE": switch("verbose_errors", "+ERRVERBOSE:"),
+}

@@ -1,0 +1,10 @@
+# Unsolicited result codes: "+<KIND>:<params>", each gated by its own ON/OFF setting.
+from firmware import ctx
+
+_GATES = {"WEVENT": "wevent", "CIPEVENT": "cipevent", "MQTTEVENT": "mqttevent"}
+
+
+def emit(kind, params):
+    gate = _GATES.get(kind)
+    if gate is None or ctx.settings[gate]:
+        ctx.serial.event("+{}:{}".format(kind, params))

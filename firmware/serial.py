@@ -1,0 +1,250 @@
+# The AT engine: reads the UART, frames command lines and data phases, dispatches commands,
+# and writes every byte that goes out (the one writer: no other code calls uart.write).
+import asyncio
+import gc
+
+from micropython import const
+
+from firmware import at, log
+from firmware.at import AtError
+
+LINE_MAX = const(1024)  # longest command line; a longer one is answered ERROR
+DATA_MAX = const(4096)  # longest data phase (CIPSEND, MQTTSEND, a certificate)
+_CHUNK = const(512)  # UART read size
+_DATA_IDLE_MS = const(5000)  # a data phase that receives nothing this long fails
+_HELD_MAX = const(16)  # events held while a response is open; the oldest is dropped
+
+_OK = b"\r\nOK\r\n"
+_ERROR = b"\r\nERROR\r\n"
+_CRLF = b"\r\n"
+
+
+# What a handler returns to take the bytes that follow its line: exactly `length` bytes, or,
+# with `end`, every byte up to that one (not included; DATA_MAX at most). The engine writes
+# the prompt, collects the data, then calls done(data) with a memoryview that is valid only
+# during the call; done returns the response like a handler (it may be a coroutine).
+class DataPhase:
+    def __init__(self, length, done, end=None):
+        self.length = length
+        self.done = done
+        self.end = end
+
+
+class Serial:
+    def __init__(self, uart, table, settings):
+        self._uart = uart
+        self._table = table  # name -> (test, query, set, exec) handlers
+        self._settings = settings
+        self._rx = bytearray(_CHUNK)
+        self._rxmv = memoryview(self._rx)
+        self._line = memoryview(bytearray(LINE_MAX))
+        self._len = 0  # bytes of the current line in _line
+        self._overflow = False  # the current line is too long: discard it up to its end
+        self._data = memoryview(bytearray(DATA_MAX))
+        self._phase = None  # the DataPhase being received, or None in command mode
+        self._got = 0  # bytes of the data phase received so far
+        self._open = False  # a response is open: events wait in _held
+        self._held = []
+        self.dropped_events = 0
+        self._idle = asyncio.Event()  # set while no response is open
+        self._idle.set()
+        self._after = None  # called once the current response is out (reboot)
+        self.last_error = (0, "")
+
+    # Read and act on the UART forever.
+    async def run(self):
+        reader = asyncio.StreamReader(self._uart)
+        rx = self._rx
+        mv = self._rxmv
+        while True:
+            if self._phase is None:
+                n = await reader.readinto(rx)
+            else:
+                try:
+                    n = await asyncio.wait_for_ms(reader.readinto(rx), _DATA_IDLE_MS)
+                except asyncio.TimeoutError:
+                    self._data_timeout()
+                    continue
+            i = 0
+            while i < (n or 0):
+                if self._phase is None:
+                    i = await self._take_line(mv, i, n)
+                else:
+                    i = await self._take_data(mv, i, n)
+
+    # Command mode: add rx[i:n] to the line up to its terminator (\r or \n); echo what is
+    # taken as it arrives. Returns the index after what was taken.
+    async def _take_line(self, mv, i, n):
+        rx = self._rx
+        end = rx.find(b"\r", i, n)
+        lf = rx.find(b"\n", i, n)
+        if end < 0 or 0 <= lf < end:
+            end = lf
+        stop = n if end < 0 else end + 1
+        if self._settings["echo"]:
+            self._uart.write(mv[i:stop])
+        k = (n if end < 0 else end) - i
+        if k:
+            if self._len + k > LINE_MAX:
+                self._overflow = True
+            elif not self._overflow:
+                self._line[self._len : self._len + k] = mv[i : i + k]
+                self._len += k
+        if end >= 0:
+            length = self._len
+            self._len = 0
+            if self._overflow:
+                self._overflow = False
+                self._begin()
+                self._fail(AtError(at.E_SYNTAX, "line longer than {}".format(LINE_MAX)))
+            elif length:  # empty lines are ignored
+                await self._dispatch(bytes(self._line[:length]))
+        return stop
+
+    async def _dispatch(self, line):
+        self._begin()
+        try:
+            name, op, params = at.parse(line)
+            row = self._table.get(name)
+            if row is None:
+                raise AtError(at.E_UNKNOWN, "unknown command " + name)
+            handler = row[op]
+            if handler is None:
+                raise AtError(at.E_OP, "AT+{} has no such form".format(name))
+            res = handler(params) if op == at.SET else handler()
+            if hasattr(res, "send"):  # a coroutine handler
+                res = await res
+            if isinstance(res, DataPhase):
+                if res.end is None and not 0 < res.length <= DATA_MAX:
+                    raise AtError(at.E_PARAM, "data length must be 1..{}".format(DATA_MAX))
+                self._phase = res
+                self._got = 0
+                self._uart.write(b">")
+                return  # the response stays open until the data is in
+            self._finish(res)
+        except Exception as e:
+            self._fail(e)
+
+    # Data phase: take rx[i:n] into the data buffer. Returns the index after what was taken.
+    async def _take_data(self, mv, i, n):
+        ph = self._phase
+        got = self._got
+        if ph.end is None:
+            k = min(n - i, ph.length - got)
+            stop = i + k
+            done = got + k == ph.length
+        else:
+            j = self._rx.find(ph.end, i, n)
+            done = j >= 0
+            k = (j if done else n) - i
+            stop = j + 1 if done else n
+            if got + k > DATA_MAX:
+                self._phase = None
+                self._fail(AtError(at.E_PARAM, "data longer than {}".format(DATA_MAX)))
+                return stop
+        self._data[got : got + k] = mv[i : i + k]
+        self._got = got + k
+        if done:
+            self._phase = None
+            try:
+                res = ph.done(self._data[: self._got])
+                if hasattr(res, "send"):
+                    res = await res
+                self._finish(res)
+            except Exception as e:
+                self._fail(e)
+        return stop
+
+    def _data_timeout(self):
+        ph = self._phase
+        self._phase = None
+        want = "terminator" if ph.end is not None else "{} bytes".format(ph.length)
+        self._fail(AtError(at.E_TIMEOUT, "data phase: got {}, wanted {}".format(self._got, want)))
+
+    def _begin(self):
+        self._open = True
+        self._idle.clear()
+
+    # Write a handler's response (None, one line, or a list of lines) and OK.
+    def _finish(self, res):
+        w = self._uart.write
+        if res is not None:
+            if isinstance(res, (str, bytes)):
+                res = (res,)
+            for line in res:
+                w(_CRLF)
+                w(line)
+            w(_CRLF)
+        w(_OK)
+        self._end()
+
+    def _fail(self, e):
+        if isinstance(e, AtError):
+            err = (e.code, e.detail)
+        elif isinstance(e, MemoryError):
+            gc.collect()
+            err = (at.E_INTERNAL, "out of memory")
+        else:
+            log.exc(e, "handler")
+            err = (at.E_INTERNAL, repr(e))
+        self.last_error = err
+        w = self._uart.write
+        if self._settings["verbose_errors"]:
+            w(_CRLF)
+            w(error_line(err))
+            w(_CRLF)
+        w(_ERROR)
+        self._end()
+
+    def _end(self):
+        self._open = False
+        held = self._held
+        while held:
+            self._write_event(held.pop(0))
+        self._idle.set()
+        if self._after is not None:
+            after = self._after
+            self._after = None
+            after()
+
+    # Call fn once the current response has gone out (AT+REBOOT, AT+FACTORY, AT+STANDBY).
+    def after_reply(self, fn):
+        self._after = fn
+
+    def flush(self):
+        self._uart.flush()
+
+    # Send an event line ("+WEVENT:STATION_UP"), now if no response is open, else right after
+    # the final result of the open one.
+    def event(self, text):
+        if not self._open:
+            self._write_event(text)
+            return
+        if len(self._held) >= _HELD_MAX:
+            self._held.pop(0)
+            self.dropped_events += 1
+        self._held.append(text)
+
+    def _write_event(self, text):
+        w = self._uart.write
+        w(_CRLF)
+        w(text)
+        w(_CRLF)
+
+    # Wait until no response is open, for writers of large events (received data), which
+    # must not be held in memory: call push() right after, without awaiting in between.
+    async def until_idle(self):
+        while self._open:
+            await self._idle.wait()
+
+    # An event with a binary payload: header, then the data as is, then \r\n.
+    def push(self, header, data):
+        w = self._uart.write
+        w(_CRLF)
+        w(header)
+        w(data)
+        w(_CRLF)
+
+
+def error_line(err):
+    return "+ERRNO:{},{}".format(err[0], err[1])

@@ -1,0 +1,111 @@
+# Persistent settings: one JSON file on the flash filesystem, written atomically.
+import json
+import os
+
+from firmware import log
+
+DIR = "data"  # everything the module stores; AT+FACTORY removes it
+_FILE = "data/settings.json"
+
+# Factory defaults. The type of each default is also the type a stored value must have;
+# a stored value of another type is ignored (with a log line) and the default used.
+# Later command groups add their keys with defaults().
+DEFAULTS = {
+    "flashlock": False,
+    "echo": True,  # AT+UARTE
+    "wevent": True,
+    "cipevent": True,
+    "verbose_errors": False,  # AT+ERRVERBOSE (extension)
+    "uart": [115200, 8, 1, "NONE", "NONE"],  # baud, data bits, stop bits, parity, flow
+    "uartfomat": [1024, 100],  # transparent-mode frame length (bytes) and idle time (ms)
+}
+
+
+# Register the factory defaults of a command group.
+def defaults(d):
+    DEFAULTS.update(d)
+
+
+class Settings:
+    def __init__(self):
+        self._live = {}  # what the running module uses
+        self._flash = {}  # what the file holds (differs from _live only under FLASHLOCK)
+
+    def __getitem__(self, key):
+        return self._live[key]
+
+    # Read the file; a missing, unreadable or corrupt file means factory defaults.
+    def load(self):
+        stored = {}
+        try:
+            with open(_FILE) as f:
+                stored = json.load(f)
+            if not isinstance(stored, dict):
+                raise ValueError("not an object")
+        except OSError:
+            pass  # no file yet: factory defaults
+        except Exception as e:  # ValueError from json, or a truncated file
+            log.warn("settings: corrupt file ignored, factory defaults used: {!r}".format(e))
+            stored = {}
+        self._live = {}
+        for key, default in DEFAULTS.items():
+            v = stored.get(key, default)
+            if type(v) is not type(default):
+                log.warn("settings: bad value for {} ignored".format(key))
+                v = default
+            self._live[key] = v
+        self._flash = dict(self._live)
+
+    # Change a setting; it goes to flash at once unless FLASHLOCK is ON.
+    def set(self, key, value):
+        self.update({key: value})
+
+    # Change several settings with one write.
+    def update(self, changes):
+        self._live.update(changes)
+        if changes.get("flashlock"):
+            # FLASHLOCK's own state always persists; with it ON the file keeps the values
+            # it had, with it OFF the file takes everything as it is now.
+            self._flash["flashlock"] = True
+            self._write(self._flash)
+        elif not self._live["flashlock"]:
+            self._flash = dict(self._live)
+            self._write(self._flash)
+
+    def _write(self, values):
+        write_file(_FILE, json.dumps(values))
+
+
+# Temporary file, then rename: a power cut leaves either the old or the new file. Creates the
+# folders on the way.
+def write_file(path, data):
+    i = path.find("/")
+    while i > 0:
+        try:
+            os.mkdir(path[:i])
+        except OSError:
+            pass  # exists
+        i = path.find("/", i + 1)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)
+
+
+# Remove everything the module stored (AT+FACTORY).
+def wipe():
+    _remove_tree(DIR)
+
+
+def _remove_tree(path):
+    try:
+        entries = list(os.ilistdir(path))
+    except OSError:
+        return
+    for entry in entries:
+        child = path + "/" + entry[0]
+        if entry[1] == 0x4000:  # directory
+            _remove_tree(child)
+        else:
+            os.remove(child)
+    os.rmdir(path)

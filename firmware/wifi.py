@@ -1,0 +1,216 @@
+# Wi-Fi: the station (join, keep joined with back-off, events) and the soft AP, on
+# network.WLAN. Commands are in commands/wifi.py; this is the state they act on.
+import asyncio
+
+import network
+from micropython import const
+
+from firmware import ctx, events, settings
+
+# Station states, as AT+WJAPS names them.
+DOWN = "STATION_DOWN"
+CONNECTING = "CONNECTING"
+UP = "STATION_UP"
+
+# Failure codes of AT+WJAPS.
+ERR_UNKNOWN = const(0)
+ERR_PASSWORD = const(1)
+ERR_NO_SSID = const(2)
+
+_JOIN_TIMEOUT_MS = const(20000)  # drivers wait up to 20 s for STATION_UP (wire notes)
+_POLL_MS = const(100)  # status polling while joining
+_STALE_MS = const(3000)  # an unchanged failure status is trusted only after this long
+_WATCH_MS = const(500)  # link check while up
+_BACKOFF_MIN_MS = const(1000)
+_BACKOFF_MAX_MS = const(30000)
+_NO_ADDR = ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
+
+settings.defaults(
+    {
+        "sta": ["", ""],  # stored SSID and key ("" = none)
+        "sta_on": False,  # join the stored AP at start (cleared by AT+WJAPQ)
+        "dhcp": True,
+        "sta_ip": list(_NO_ADDR),  # static address, mask, gateway, DNS (AT+WJAPIP)
+        "ap": ["", ""],  # soft AP SSID and key
+        "ap_on": False,  # start the soft AP at start (cleared by AT+WSAPQ)
+        "ap_ip": ["192.168.4.1", "255.255.255.0", "192.168.4.1"],
+        "scanopt": 0,
+    }
+)
+
+# Station status codes that end an attempt, and their AT+WJAPS failure code.
+_FAILURES = {
+    network.STAT_WRONG_PASSWORD: ERR_PASSWORD,
+    network.STAT_NO_AP_FOUND: ERR_NO_SSID,
+    network.STAT_ASSOC_FAIL: ERR_UNKNOWN,
+    network.STAT_HANDSHAKE_TIMEOUT: ERR_UNKNOWN,
+    network.STAT_BEACON_TIMEOUT: ERR_UNKNOWN,
+}
+
+_AUTH_NAMES = {
+    network.AUTH_OPEN: "OPEN",
+    network.AUTH_WEP: "WEP",
+    network.AUTH_WPA_PSK: "WPA_PSK",
+    network.AUTH_WPA2_PSK: "WPA2_PSK",
+    network.AUTH_WPA_WPA2_PSK: "WPA_WPA2_PSK",
+}
+
+
+def auth_name(mode):
+    return _AUTH_NAMES.get(mode, "OTHER")
+
+
+def mac_text(raw, sep=":"):
+    return sep.join("{:02x}".format(b) for b in raw)
+
+
+class Station:
+    def __init__(self):
+        self.wlan = network.WLAN(network.STA_IF)
+        self.state = DOWN
+        self.error = None  # failure code of the last attempt, None if none failed
+        self.bssid = {}  # SSID -> (bssid, channel) seen by the last scan
+        self._task = None
+
+    # Start joining (AT+WJAP=, and at start-up); outcomes arrive as +WEVENT.
+    def join(self):
+        self.quit(announce=False)
+        self._task = asyncio.create_task(self._keep())
+
+    # Leave the AP and stop retrying (AT+WJAPQ).
+    def quit(self, announce=True):
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        was_up = self.state == UP
+        if self.wlan.active():
+            self.wlan.disconnect()
+        self.state = DOWN
+        if was_up and announce:
+            events.emit("WEVENT", DOWN)
+
+    # Join, stay joined, and rejoin with back-off when the link is lost or a join fails.
+    # STATION_DOWN is announced once per loss (not once per retry).
+    async def _keep(self):
+        backoff = _BACKOFF_MIN_MS
+        announced = False
+        while True:
+            if await self._attempt():
+                self.state = UP
+                self.error = None
+                events.emit("WEVENT", UP)
+                backoff = _BACKOFF_MIN_MS
+                announced = False
+                while self.wlan.isconnected():
+                    await asyncio.sleep_ms(_WATCH_MS)
+                self.error = ERR_UNKNOWN
+            self.state = DOWN
+            if not announced:
+                events.emit("WEVENT", DOWN)
+                announced = True
+            await asyncio.sleep_ms(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX_MS)
+
+    async def _attempt(self):
+        ssid, key = ctx.settings["sta"]
+        w = self.wlan
+        w.active(True)
+        w.config(reconnects=0)  # no retries by the driver: _keep paces them
+        w.disconnect()
+        if ctx.settings["dhcp"]:
+            w.ipconfig(dhcp4=True)
+        else:
+            w.ifconfig(tuple(ctx.settings["sta_ip"]))
+        self.state = CONNECTING
+        try:
+            w.connect(ssid, key or None)
+        except OSError:
+            self.error = ERR_UNKNOWN
+            return False
+        # The ESP32 port does not clear the last failure reason on connect(): status() can
+        # show the previous attempt's failure until this attempt ends. A failure is taken as
+        # this attempt's when it differs from what status() said at the start, or late.
+        stale = w.status()
+        waited = 0
+        while waited < _JOIN_TIMEOUT_MS:
+            if w.isconnected():
+                return True
+            status = w.status()
+            if status in _FAILURES and (status != stale or waited >= _STALE_MS):
+                break
+            await asyncio.sleep_ms(_POLL_MS)
+            waited += _POLL_MS
+        else:
+            status = None
+        self.error = _FAILURES.get(status, ERR_UNKNOWN)
+        w.disconnect()
+        return False
+
+    def addresses(self):
+        if self.state != UP:
+            return _NO_ADDR
+        return self.wlan.ifconfig()
+
+    # Scan (blocking on the board for ~2 s, as network.WLAN.scan is); remember BSSIDs so
+    # AT+WJAP? can name the AP it is joined to.
+    def scan(self):
+        w = self.wlan
+        w.active(True)
+        found = w.scan()
+        found.sort(key=lambda ap: ap[3], reverse=True)  # strongest first
+        self.bssid = {}
+        for ap in found:
+            ssid = ap[0].decode()
+            if ssid not in self.bssid:
+                self.bssid[ssid] = (ap[1], ap[2])
+        return found
+
+
+class SoftAP:
+    def __init__(self):
+        self.wlan = network.WLAN(network.AP_IF)
+
+    # Start (or restart) the soft AP: a key shorter than 8 means an open AP (the spec).
+    def start(self):
+        ssid, key = ctx.settings["ap"]
+        w = self.wlan
+        w.active(True)
+        if len(key) < 8:
+            w.config(ssid=ssid, authmode=network.AUTH_OPEN)
+        else:
+            w.config(ssid=ssid, key=key, authmode=network.AUTH_WPA2_PSK)
+        self.apply_ip()
+        events.emit("WEVENT", "AP_UP")
+
+    def apply_ip(self):
+        if self.wlan.active():
+            ip, mask, gw = ctx.settings["ap_ip"]
+            self.wlan.ifconfig((ip, mask, gw, gw))
+
+    def stop(self):
+        if self.wlan.active():
+            self.wlan.active(False)
+            events.emit("WEVENT", "AP_DOWN")
+
+    def up(self):
+        return self.wlan.active()
+
+
+station = None
+softap = None
+
+
+# Bring up the radio as stored: rejoin the AP, restart the soft AP.
+def start():
+    global station, softap
+    station = Station()
+    softap = SoftAP()
+    if ctx.settings["ap_on"] and ctx.settings["ap"][0]:
+        softap.start()
+    if ctx.settings["sta_on"] and ctx.settings["sta"][0]:
+        station.join()
+
+
+# True when some interface can carry traffic (sockets need it, as on a board).
+def online():
+    return station.state == UP or softap.up()

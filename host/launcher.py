@@ -1,0 +1,502 @@
+"""The virtual EMW module: a pty, a MicroPython process running the firmware, a control port.
+
+Run from the repository root: python -m host.launcher --link build/uart --state build/state
+
+The launcher owns the pseudo-terminal that people and host drivers open and relays bytes between
+it and the firmware's machine.UART (a TCP connection on 127.0.0.1). It restarts the firmware when
+it resets, sleeps, crashes or loses power, with the same pty and state folder, like a board whose
+USB cable never moves. See DESIGN.md "The PC port".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+import tty
+from pathlib import Path
+from typing import Any
+
+from host.mpycache import compile_tree, mpy_cross_binary
+from host.pacer import Pacer
+
+log = logging.getLogger("launcher")
+
+ROOT = Path(__file__).resolve().parent.parent
+START = Path(__file__).resolve().parent / "start.py"
+
+# Exit codes of the firmware process, set by host/board/machine.py.
+EXIT_HALT = 0  # main.py returned: the board sits at the REPL until power is cycled
+EXIT_RESET = 3  # machine.reset()
+EXIT_SLEEP = 4  # machine.deepsleep()
+EXIT_SOFT = 5  # machine.soft_reset()
+EXIT_LINK = 6  # the UART connection to the launcher was lost
+
+CRASH_WINDOW = 10.0  # crash-loop back-off: this many crashes within this many seconds...
+CRASH_COUNT = 5
+CRASH_PAUSE = 2.0  # ...wait this long before the next start
+PTY_STALL = 2.0  # drop output when nobody has read the pty for this long (nothing listening)
+
+
+STAND_IN_HEAP = 128 * 1024  # extra VM heap for the host/board stand-ins (see start.py)
+
+
+def parse_heap(text: str) -> int:
+    # 110k, 1m, 113000: the forms micropython's -X heapsize takes (k = 1024).
+    num, unit = (text[:-1], text[-1].lower()) if text[-1:].isalpha() else (text, "")
+    if not num.isdigit() or unit not in ("", "k", "m"):
+        raise argparse.ArgumentTypeError(f"bad heap size {text!r}")
+    return int(num) * {"": 1, "k": 1024, "m": 1024 * 1024}[unit]
+
+
+class Launcher:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.link = Path(args.link)
+        self.state_dir = Path(args.state).resolve()
+        self.world_src = Path(args.world) if args.world else None
+        self.heap = args.heap
+        self.pace = args.pace
+        self.stdin_stop = args.stdin_stop
+        self.root = Path(args.root).resolve() if args.root else ROOT
+        self.micropython = str(Path(sys.executable).parent / "micropython")
+        # Compiled modules (see compile_tree); a root other than the repo keeps its own cache.
+        self.mpy_dir = (self.root if self.root == ROOT else self.state_dir) / "build" / "mpy"
+
+        self.state = "down"  # running | sleeping | down
+        self.boots = 0
+        self.cause = "PWRON"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.fw: asyncio.StreamWriter | None = None  # the firmware's current UART connection
+        self.uart_settings: dict[str, Any] = {
+            "baudrate": 115200,
+            "bits": 8,
+            "parity": None,
+            "stop": 1,
+            "flow": 0,
+        }
+        self.sleep_ms: int | None = None  # from the "sleep" op, used when the process exits
+        self.killed = False
+        self.stopping = False
+        self.wake_event = asyncio.Event()  # the wake (STANDBY) pin was pulled
+        self.power_event = asyncio.Event()  # power cycled while the firmware was not running
+        self.stopped = asyncio.Event()
+        self.crashes: list[float] = []
+        self.console = None
+        self.master = self.slave = -1
+        self.pty_name = ""
+        self.uart_port = self.control_port = 0
+        self.to_fw: Pacer | None = None
+        self.to_pty: Pacer | None = None
+        self.pty_dropping = False  # the pty stayed full: output is being dropped
+
+    # ----- set-up and tear-down
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.console = open(self.state_dir / "console.log", "ab")
+        self.copy_world()
+        self.compile()
+        self.open_pty()
+        uart_srv = await asyncio.start_server(self.on_uart, "127.0.0.1", 0)
+        ctl_srv = await asyncio.start_server(self.on_control, "127.0.0.1", 0)
+        self.uart_port = uart_srv.sockets[0].getsockname()[1]
+        self.control_port = ctl_srv.sockets[0].getsockname()[1]
+        (self.state_dir / "control.port").write_text(f"{self.control_port}\n")
+        if self.pace:
+            self.to_fw = Pacer(self.send_fw, self.uart_settings)
+            self.to_pty = Pacer(self.write_pty, self.uart_settings)
+        loop.add_reader(self.master, self.on_pty)
+        if self.stdin_stop:
+            loop.add_reader(sys.stdin.fileno(), self.on_stdin)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.shutdown)
+        print(f"UART: {self.pty_name}")
+        print(f"LINK: {self.link}")
+        print(f"CONTROL: 127.0.0.1:{self.control_port}", flush=True)
+        supervisor = loop.create_task(self.supervise())
+        await self.stopped.wait()
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
+        await self.kill_proc()
+        loop.remove_reader(self.master)
+        uart_srv.close()
+        ctl_srv.close()
+        self.remove_link()
+        with contextlib.suppress(OSError):
+            (self.state_dir / "control.port").unlink()
+        self.console.close()
+        return 0
+
+    def on_stdin(self) -> None:
+        # --stdin-stop: the test process that started us has gone (its pipe closed).
+        if not os.read(sys.stdin.fileno(), 4096):
+            log.info("stdin closed: stopping")
+            asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        self.stopping = True
+        self.stopped.set()
+
+    def copy_world(self) -> None:
+        dest = self.state_dir / "world.json"
+        if self.world_src and self.world_src.exists():
+            shutil.copyfile(self.world_src, dest)
+        elif self.world_src:
+            log.warning("world file %s not found", self.world_src)
+        if not dest.exists():
+            self.save_world({"aps": []})
+
+    def compile(self) -> None:
+        mpy_cross = mpy_cross_binary()
+        if mpy_cross is None:
+            log.warning("mpy-cross not found: the firmware runs from source")
+            return
+        compile_tree(mpy_cross, START.parent / "board", self.mpy_dir / "board", "host/board")
+        for sub in ("firmware", "lib"):
+            if (self.root / sub).is_dir():
+                compile_tree(mpy_cross, self.root / sub, self.mpy_dir / "root" / sub, sub)
+
+    def open_pty(self) -> None:
+        self.master, self.slave = os.openpty()
+        # Raw: no echo, no CR/LF translation, 8-bit clean, VMIN=1. The launcher keeps the slave
+        # open so the pty stays raw and the master never sees a hang-up when a client closes it.
+        tty.setraw(self.slave)
+        os.set_blocking(self.master, False)
+        self.pty_name = os.ttyname(self.slave)
+        self.link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.link.with_name(self.link.name + ".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(self.pty_name)
+        os.replace(tmp, self.link)
+
+    def remove_link(self) -> None:
+        with contextlib.suppress(OSError):
+            if os.readlink(self.link) == self.pty_name:
+                self.link.unlink()
+
+    # ----- the firmware process
+
+    async def supervise(self) -> None:
+        cause, wake = "PWRON", ""
+        while not self.stopping:
+            rc = await self.boot(cause, wake)
+            cause, wake = "HARD", ""
+            if self.stopping:
+                break
+            if self.killed:  # power cut from the control port: power returns at once
+                self.killed = False
+                cause = "PWRON"
+                await asyncio.sleep(0.05)
+            elif rc == EXIT_RESET:
+                pass
+            elif rc == EXIT_SOFT:
+                cause = "SOFT"
+            elif rc == EXIT_SLEEP:
+                wake = await self.deep_sleep()
+                cause = "PWRON" if wake == "POWER" else "DEEPSLEEP"
+            elif rc == EXIT_HALT:
+                log.info("firmware halted (main.py returned); waiting for a power cycle")
+                self.power_event.clear()
+                await self.power_event.wait()
+                cause = "PWRON"
+            else:
+                log.warning("firmware crashed (exit %s); restarting", rc)
+                now = time.monotonic()
+                self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW] + [now]
+                if len(self.crashes) >= CRASH_COUNT:
+                    log.warning("crash loop: pausing %.0f s", CRASH_PAUSE)
+                    self.crashes.clear()
+                    await asyncio.sleep(CRASH_PAUSE)
+
+    # Start the firmware, wait for it to end and return its exit code.
+    async def boot(self, cause: str, wake: str) -> int:
+        self.boots += 1
+        self.cause = cause
+        self.sleep_ms = None
+        self.note(f"--- boot {self.boots} cause={cause}{' wake=' + wake if wake else ''} ---")
+        env = dict(os.environ)
+        env.update(
+            {
+                "EMW_UART": f"127.0.0.1:{self.uart_port}",
+                "EMW_CONTROL": f"127.0.0.1:{self.control_port}",
+                "EMW_STATE": str(self.state_dir),
+                "EMW_WORLD": str(self.state_dir / "world.json"),
+                "EMW_ROOT": str(self.root),
+                "EMW_RESET_CAUSE": cause,
+                "EMW_WAKE": wake,
+                "EMW_MPY": str(self.mpy_dir),
+                "EMW_HEAP": str(self.heap),
+            }
+        )
+        self.proc = await asyncio.create_subprocess_exec(
+            self.micropython,
+            "-X",
+            f"heapsize={self.heap + STAND_IN_HEAP}",
+            str(START),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            cwd=self.root,
+            start_new_session=True,  # Ctrl+C in the terminal goes to the launcher only
+        )
+        self.state = "running"
+        try:
+            await self.copy_console(self.proc.stdout)
+            rc = await self.proc.wait()
+        finally:
+            self.state = "down"
+            self.detach_fw()
+        self.note(f"--- exit {rc} ---")
+        self.proc = None
+        return rc
+
+    async def copy_console(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            self.console.write(line)
+            self.console.flush()
+            sys.stderr.write("fw| " + line.decode(errors="replace").rstrip("\n") + "\n")
+            sys.stderr.flush()
+
+    def note(self, text: str) -> None:
+        log.info("%s", text.strip("- "))
+        self.console.write(text.encode() + b"\n")
+        self.console.flush()
+
+    async def deep_sleep(self) -> str:
+        ms = self.sleep_ms
+        self.state = "sleeping"
+        self.wake_event.clear()
+        self.power_event.clear()
+        waits = [
+            asyncio.ensure_future(self.wake_event.wait()),
+            asyncio.ensure_future(self.power_event.wait()),
+        ]
+        try:
+            done, _ = await asyncio.wait(
+                waits,
+                timeout=None if ms is None else ms / 1000,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for w in waits:
+                w.cancel()
+        self.state = "down"
+        if self.power_event.is_set():
+            return "POWER"
+        return "PIN" if self.wake_event.is_set() else "TIMER"
+
+    async def kill_proc(self) -> None:
+        proc = self.proc
+        if proc and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
+
+    # ----- the UART relay
+
+    async def on_uart(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # The newest connection receives the input; an older one is drained until it closes so
+        # the last bytes a resetting firmware wrote still reach the pty.
+        self.fw = writer
+        try:
+            while data := await reader.read(4096):
+                if self.to_pty:
+                    await self.to_pty.put_wait(data)
+                else:
+                    await self.write_pty(data)
+        except OSError:
+            pass
+        finally:
+            if self.fw is writer:
+                self.detach_fw()
+            writer.close()
+
+    def detach_fw(self) -> None:
+        # Input arriving while no firmware listens is dropped ("ignore what arrived while
+        # rebooting"), including what the pacer still held.
+        self.fw = None
+        if self.to_fw:
+            self.to_fw.clear()
+
+    def on_pty(self) -> None:
+        try:
+            data = os.read(self.master, 4096)
+        except OSError:
+            return
+        if self.fw is None:
+            return
+        if self.to_fw:
+            self.to_fw.put(data)
+        else:
+            self.fw.write(data)
+
+    async def send_fw(self, data: bytes) -> None:
+        if self.fw is not None:
+            self.fw.write(data)
+
+    async def write_pty(self, data: bytes) -> None:
+        view = memoryview(data)
+        stall = 0.0
+        while view:
+            try:
+                n = os.write(self.master, view)
+                view = view[n:]
+                stall = 0.0
+                self.pty_dropping = False
+            except BlockingIOError:
+                # The pty buffer is full. Wait for a reader; if none comes, the bytes go out
+                # on a line that nobody listens to, as on a board, until someone reads again.
+                if self.pty_dropping or stall >= PTY_STALL:
+                    if not self.pty_dropping:
+                        log.warning("nobody reads the pty: dropping output")
+                    self.pty_dropping = True
+                    return
+                await asyncio.sleep(0.01)
+                stall += 0.01
+
+    # ----- the control interface
+
+    async def on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                if not line.strip():
+                    continue
+                try:
+                    req = json.loads(line)
+                    if not isinstance(req, dict):
+                        raise ValueError("request must be a JSON object")
+                    reply = await self.handle(req)
+                except Exception as e:  # any bad request gets an error reply
+                    reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "status":
+            return {
+                "ok": True,
+                "state": self.state,
+                "boots": self.boots,
+                "pid": self.proc.pid if self.proc else None,
+                "cause": self.cause,
+                "connected": self.fw is not None,
+                "link": str(self.link),
+                "pty": self.pty_name,
+                "uart": self.uart_settings,
+            }
+        if op == "wake":
+            self.wake_event.set()
+            return {"ok": True, "state": self.state}
+        if op == "kill":
+            # A power cut. If the firmware is not running, power returns and it starts.
+            if self.proc and self.proc.returncode is None:
+                self.killed = True
+                self.proc.kill()
+            else:
+                self.power_event.set()
+            return {"ok": True}
+        if op == "stop":
+            asyncio.get_running_loop().call_soon(self.shutdown)
+            return {"ok": True}
+        if op == "world":
+            if "world" in req:
+                self.save_world(req["world"])
+            return {"ok": True, "world": self.load_world()}
+        if op == "ap":
+            return self.edit_ap(req)
+        if op == "uart":
+            for key in ("baudrate", "bits", "parity", "stop", "flow"):
+                if key in req:
+                    self.uart_settings[key] = req[key]
+            return {"ok": True}
+        if op == "sleep":
+            self.sleep_ms = req.get("ms")
+            return {"ok": True}
+        if op == "lightsleep":
+            # The firmware blocks in machine.lightsleep() until this answers.
+            ms = req.get("ms")
+            self.wake_event.clear()
+            self.state = "sleeping"
+            try:
+                await asyncio.wait_for(self.wake_event.wait(), None if ms is None else ms / 1000)
+                wake = "PIN"
+            except asyncio.TimeoutError:
+                wake = "TIMER"
+            if self.state == "sleeping":
+                self.state = "running"
+            return {"ok": True, "wake": wake}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def load_world(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.state_dir / "world.json").read_text())
+        except FileNotFoundError:
+            return {"aps": []}
+
+    def save_world(self, world: dict[str, Any]) -> None:
+        if not isinstance(world, dict):
+            raise ValueError("world must be a JSON object")
+        dest = self.state_dir / "world.json"
+        tmp = dest.with_suffix(".tmp")
+        tmp.write_text(json.dumps(world, indent=2) + "\n")
+        os.replace(tmp, dest)  # the firmware never sees a half-written file
+
+    def edit_ap(self, req: dict[str, Any]) -> dict[str, Any]:
+        ssid = req.get("ssid")
+        if not isinstance(ssid, str):
+            return {"ok": False, "error": "ap needs an ssid"}
+        world = self.load_world()
+        aps = world.setdefault("aps", [])
+        ap = next((a for a in aps if a.get("ssid") == ssid), None)
+        if req.get("remove"):
+            if ap is None:
+                return {"ok": False, "error": f"no ap {ssid!r}"}
+            aps.remove(ap)
+        else:
+            if ap is None:
+                ap = {"ssid": ssid}
+                aps.append(ap)
+            ap.update(req.get("set") or {})
+        self.save_world(world)
+        return {"ok": True, "world": world}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m host.launcher", description=__doc__.split("\n")[0])
+    p.add_argument("--link", default="build/uart", help="symlink to the pty (default build/uart)")
+    p.add_argument("--state", default="build/state", help="state folder (flash image, logs...)")
+    p.add_argument("--world", default=None, help="world file copied to STATE/world.json")
+    p.add_argument("--heap", default="110k", type=parse_heap, help="MicroPython heap size")
+    p.add_argument("--pace", action="store_true", help="relay at the configured baud rate")
+    p.add_argument("--root", default=None, help="folder holding boot.py/main.py (default: repo)")
+    p.add_argument("--stdin-stop", action="store_true", help="stop when stdin reaches EOF")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="launcher: %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(Launcher(args).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+# start.py: the PC's ROM bootloader and _boot.py for the virtual module (MicroPython).
+#
+# Run by host/launcher.py as `micropython -X heapsize=... host/start.py` with EMW_* variables
+# set. It puts host/board first on the module path (machine, network, esp32... stand-ins), mounts
+# the flash image STATE/flash.img at /flash, makes it the current directory as on the board, then
+# runs boot.py and main.py from EMW_ROOT like the board's firmware does.
+
+import gc
+import os
+import sys
+import vfs
+
+# Not const(): host_tests/flashfs.py imports these to open the image while the module is down.
+_FLASH_SIZE = 2 * 1024 * 1024
+_BLOCK = 4096
+
+
+# A block device over a file. Every write is flushed to the OS at once, so killing the process
+# loses nothing the firmware had written: a power cut behaves as on a board's flash.
+class FileBlockDev:
+    def __init__(self, path, size):
+        try:
+            self.f = open(path, "r+b")
+        except OSError:
+            self.f = open(path, "w+b")
+            blank = b"\xff" * _BLOCK
+            for _ in range(size // _BLOCK):
+                self.f.write(blank)
+            self.f.flush()
+        self.blocks = size // _BLOCK
+
+    def readblocks(self, n, buf, off=0):
+        self.f.seek(n * _BLOCK + off)
+        self.f.readinto(buf)
+
+    def writeblocks(self, n, buf, off=0):
+        self.f.seek(n * _BLOCK + off)
+        self.f.write(buf)
+        self.f.flush()
+
+    def ioctl(self, op, arg):
+        if op == 4:  # MP_BLOCKDEV_IOCTL_BLOCK_COUNT
+            return self.blocks
+        if op == 5:  # MP_BLOCKDEV_IOCTL_BLOCK_SIZE
+            return _BLOCK
+        if op == 6:  # MP_BLOCKDEV_IOCTL_BLOCK_ERASE: a file needs none
+            return 0
+        return 0  # INIT, DEINIT, SYNC
+
+
+def _run(path):
+    try:
+        f = open(path)
+    except OSError:
+        return
+    code = compile(f.read(), path, "exec")
+    f.close()
+    exec(code, {"__name__": "__main__", "__file__": path})
+
+
+# On the board, machine, network, esp32 are C modules and umqtt is frozen: they cost no heap.
+# Here they are Python, so the launcher gives the VM a larger heap; this imports every
+# stand-in now, then takes back the surplus in one ballast block, leaving the firmware the
+# free heap a board with EMW_HEAP bytes would have.
+def _ballast(board):
+    heap = int(os.getenv("EMW_HEAP") or 0)
+    if not heap:
+        return None
+    gc.collect()
+    used = gc.mem_alloc()
+    for name, kind, *_ in os.ilistdir(board):
+        if kind == 0x4000:  # a package: import it and its modules
+            for sub, _k, *_ in os.ilistdir(board + "/" + name):
+                if sub.endswith(".py") and sub != "__init__.py":
+                    _load(name + "." + sub[:-3])
+        elif name.endswith(".py"):
+            _load(name[:-3])
+    gc.collect()
+    extra = gc.mem_free() - (heap - used) - 32  # 32: the ballast's own header and rounding
+    if extra < 0:
+        print("start: the stand-ins left {} bytes less than EMW_HEAP".format(-extra))
+        return None
+    return bytearray(extra)
+
+
+def _load(name):
+    try:
+        __import__(name)
+    except Exception as e:
+        print("start: cannot import", name, repr(e))
+
+
+def main():
+    here = __file__.rpartition("/")[0] or "."
+    if not here.startswith("/"):
+        here = os.getcwd() + "/" + here
+    root = os.getenv("EMW_ROOT") or here.rpartition("/")[0]
+    state = os.getenv("EMW_STATE") or "build/state"
+    if not state.startswith("/"):
+        state = os.getcwd() + "/" + state
+    # Stand-ins first, so they shadow (or extend) the unix port's built-ins and frozen modules.
+    # Each folder's .mpy copy (EMW_MPY, compiled by the launcher) comes before its source.
+    path = [here + "/board", root, root + "/lib"]
+    mpy = os.getenv("EMW_MPY")
+    if mpy:
+        path = [mpy + "/board", path[0], mpy + "/root", root, mpy + "/root/lib", path[2]]
+    path.append(".frozen")
+    sys.path[:] = path
+    ballast = _ballast(here + "/board")  # noqa: F841 - held for the life of the firmware
+
+    bdev = FileBlockDev(state + "/flash.img", _FLASH_SIZE)
+    try:
+        fs = vfs.VfsLfs2(bdev)
+    except OSError:
+        print("start: formatting flash")
+        vfs.VfsLfs2.mkfs(bdev)
+        fs = vfs.VfsLfs2(bdev)
+    vfs.mount(fs, "/flash")
+    os.chdir("/flash")
+
+    _run(root + "/boot.py")
+    _run(root + "/main.py")
+
+
+if __name__ == "__main__":
+    main()

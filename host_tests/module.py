@@ -1,0 +1,261 @@
+"""Drive the virtual module from tests: launch it, talk to its pty and its control port."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+OK = b"\r\nOK\r\n"
+ERROR = b"\r\nERROR\r\n"
+
+
+class Module:
+    """A running virtual module (host/launcher.py) with its own state folder and pty link.
+
+    Bytes read from the pty but not yet returned stay in a buffer, so an unsolicited event that
+    arrives together with a response is kept for the next read.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | Path | None = None,
+        *,
+        root: str | Path | None = None,
+        world: str | Path | None = None,
+        heap: str = "110k",
+        pace: bool = False,
+        start_timeout: float = 10.0,
+    ) -> None:
+        if state_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="emw-")
+            state_dir = self._tmp.name
+        self.state_dir = Path(state_dir).resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.link = self.state_dir / "uart"
+        if world is None and (REPO / "host" / "world.json").exists():
+            world = REPO / "host" / "world.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "host.launcher",
+            "--link",
+            str(self.link),
+            "--state",
+            str(self.state_dir),
+            "--heap",
+            heap,
+            "--stdin-stop",  # the launcher ends if this process dies without stopping it
+        ]
+        if world is not None:
+            cmd += ["--world", str(world)]
+        if root is not None:
+            cmd += ["--root", str(root)]
+        if pace:
+            cmd.append("--pace")
+        self._log = open(self.state_dir / "launcher.log", "ab")
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            stdin=subprocess.PIPE,
+            bufsize=0,
+        )
+        self._buf = bytearray()
+        self.fd = -1
+        self.control = 0
+        info = self._read_banner(start_timeout)
+        self.uart = info["UART"]
+        self.control = int(info["CONTROL"].rpartition(":")[2])
+        self.fd = os.open(self.link, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+
+    def _read_banner(self, timeout: float) -> dict[str, str]:
+        info: dict[str, str] = {}
+        end = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while "CONTROL" not in info:
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                self.stop()
+                raise TimeoutError(f"launcher did not start: {self.log()}")
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                self.stop()
+                raise RuntimeError(f"launcher exited: {self.log()}")
+            key, _, value = line.strip().partition(": ")
+            info[key] = value
+        return info
+
+    def __enter__(self) -> Module:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----- the UART (pty)
+
+    def write(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        view = memoryview(data)
+        while view:
+            select.select([], [self.fd], [], 1)
+            try:
+                view = view[os.write(self.fd, view) :]
+            except BlockingIOError:
+                pass
+
+    def _fill(self, timeout: float) -> bool:
+        # Read what arrives within timeout into the buffer; True if anything came.
+        if not select.select([self.fd], [], [], max(0.0, timeout))[0]:
+            return False
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return False
+        self._buf += data
+        return bool(data)
+
+    def read(self, n: int = 65536, timeout: float = 0.5) -> bytes:
+        """Up to n bytes: what is buffered, else what arrives within timeout (may be b"")."""
+        if not self._buf:
+            self._fill(timeout)
+        while self._fill(0):
+            pass
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def read_until_any(self, markers: list[bytes], timeout: float = 3.0) -> bytes:
+        """Everything up to and including the earliest of markers."""
+        end = time.monotonic() + timeout
+        while True:
+            hits = [(i, m) for m in markers if (i := self._buf.find(m)) >= 0]
+            if hits:
+                i, m = min(hits)
+                out = bytes(self._buf[: i + len(m)])
+                del self._buf[: i + len(m)]
+                return out
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"waited {timeout} s for {markers!r}; got {bytes(self._buf)!r}")
+            self._fill(left)
+
+    def read_until(self, marker: bytes, timeout: float = 3.0) -> bytes:
+        """Everything up to and including marker; TimeoutError (with what came) if it does not."""
+        return self.read_until_any([marker], timeout)
+
+    def cmd(self, line: bytes | str, timeout: float = 3.0) -> bytes:
+        """Send line + CR; return everything up to and including the final OK or ERROR."""
+        if isinstance(line, str):
+            line = line.encode()
+        self.write(line + b"\r")
+        return self.read_until_any([OK, ERROR], timeout)
+
+    def expect_silence(self, seconds: float) -> None:
+        """Assert that nothing is pending and nothing arrives for seconds."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self._fill(left)
+            if self._buf:
+                break
+        if self._buf:
+            got = bytes(self._buf)
+            self._buf.clear()
+            raise AssertionError(f"expected silence, got {got!r}")
+
+    def drain(self, quiet: float = 0.2) -> bytes:
+        """Read and discard until the line has been quiet for `quiet` seconds."""
+        while self._fill(quiet):
+            pass
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
+    def sync(self, timeout: float = 10.0) -> None:
+        """Send AT every 0.2 s until OK comes back (as host drivers do), then drain."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.write(b"AT\r")
+            stop = time.monotonic() + 0.2
+            while (left := stop - time.monotonic()) > 0:
+                self._fill(left)
+                if OK in self._buf:
+                    self._buf.clear()
+                    self.drain()
+                    return
+        raise TimeoutError(f"no OK to AT within {timeout} s; got {bytes(self._buf[-200:])!r}")
+
+    # ----- the control port
+
+    def ctl(self, req: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        with socket.create_connection(("127.0.0.1", self.control), timeout=timeout) as s:
+            s.sendall(json.dumps(req).encode() + b"\n")
+            f = s.makefile("rb")
+            line = f.readline()
+        if not line:
+            raise ConnectionError(f"no reply to {req}")
+        return json.loads(line)
+
+    def status(self) -> dict[str, Any]:
+        return self.ctl({"op": "status"})
+
+    def kill(self) -> None:
+        """Cut the power: the firmware is killed and starts again (reset cause PWRON)."""
+        self.ctl({"op": "kill"})
+
+    def wake(self) -> None:
+        """Pull the wake (STANDBY) pin."""
+        self.ctl({"op": "wake"})
+
+    def wait_booted(self, n: int, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until boot number n (counting from 1) runs and has opened its UART."""
+        end = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            if st["boots"] >= n and st["state"] == "running" and st["connected"]:
+                return st
+            if time.monotonic() > end:
+                raise TimeoutError(f"boot {n} not reached: {st}")
+            time.sleep(0.05)
+
+    def console(self) -> str:
+        """The firmware's print/log output (STATE/console.log), with launcher boot markers."""
+        try:
+            return (self.state_dir / "console.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log(self) -> str:
+        """The launcher's own log (its stderr)."""
+        try:
+            return (self.state_dir / "launcher.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None and self.control:
+            with contextlib.suppress(OSError, ValueError):
+                self.ctl({"op": "stop"}, timeout=2)
+        try:
+            self.proc.wait(5 if self.control else 0.01)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe:
+                pipe.close()
+        self._log.close()

@@ -1,0 +1,4 @@
+# Board entry point: run the AT firmware.
+from firmware import app
+
+app.run()

@@ -4,13 +4,10 @@ import gc
 
 import machine
 
-from firmware import board, ctx, log, mqtt, settings, wifi
-from firmware.commands import mqtt as mqtt_commands
-from firmware.commands import system, uart
-from firmware.commands import wifi as wifi_commands
+from firmware import board, ctx, log, settings, wifi
+from firmware.registry import Table
 from firmware.serial import Serial
 
-_GROUPS = (system, uart, wifi_commands, mqtt_commands)
 _PARITY = {"NONE": None, "EVEN": 0, "ODD": 1}
 _FLOW = {
     "NONE": 0,
@@ -46,17 +43,23 @@ async def main():
     st = settings.Settings()
     st.load()
     ctx.settings = st
-    table = {}
-    for group in _GROUPS:
-        table.update(group.COMMANDS)
-    ctx.serial = Serial(open_uart(st["uart"]), table, st)
-    wifi.start()
-    mqtt.start()  # the MQTT session; connects now if AT+MQTTAUTOSTART is ON
+    ctx.serial = Serial(open_uart(st["uart"]), Table(), st)
+    _restore(st)
     gc.collect()
     log.info("ready, {} bytes free".format(gc.mem_free()))
     housekeeping = asyncio.create_task(_housekeeping())
     await ctx.serial.run()
     housekeeping.cancel()
+
+
+# Bring back what the host left running: the Wi-Fi links, and the features it asked to start
+# at power-on (their modules load only then).
+def _restore(st):
+    wifi.start()
+    if st.get("mqtt_autostart"):
+        from firmware import mqtt
+
+        mqtt.start()
 
 
 # Hourly: keep uptime counting past the ticks_ms wrap.

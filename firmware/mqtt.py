@@ -599,20 +599,29 @@ async def _recv(s, n):
     return buf
 
 
-session = None  # the Session, made by start()
+_session = None
 _auto = None  # the AT+MQTTAUTOSTART task
+
+
+# The session, made on first use: the first MQTT command, or start() (this module loads only
+# when one of them needs it).
+def get():
+    global _session
+    if _session is None:
+        _session = Session()
+    return _session
 
 
 # At start-up (app.py, after wifi.start()): with AT+MQTTAUTOSTART=ON, connect once Wi-Fi is up.
 def start():
-    global session, _auto
-    session = Session()
-    if ctx.settings["mqtt_autostart"]:
+    global _auto
+    if ctx.settings["mqtt_autostart"] and _auto is None:
         _auto = asyncio.create_task(_autostart())
 
 
 async def _autostart():
     while not wifi.online():
         await asyncio.sleep_ms(_WIFI_MS)
-    if session.status == CLOSED and session._task is None:
-        session.start()
+    s = get()
+    if s.status == CLOSED and s._task is None:
+        s.start()

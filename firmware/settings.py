@@ -21,9 +21,15 @@ DEFAULTS = {
 }
 
 
-# Register the factory defaults of a command group.
+current = None  # the loaded Settings
+
+
+# Register the factory defaults of a feature. A feature module may be imported after the
+# settings were loaded (command groups load on first use): its stored values are checked now.
 def defaults(d):
     DEFAULTS.update(d)
+    if current is not None:
+        current.adopt(d)
 
 
 class Settings:
@@ -34,8 +40,15 @@ class Settings:
     def __getitem__(self, key):
         return self._live[key]
 
-    # Read the file; a missing, unreadable or corrupt file means factory defaults.
+    # A value that may belong to a feature not loaded yet (as stored, unchecked).
+    def get(self, key, default=None):
+        return self._live.get(key, default)
+
+    # Read the file; a missing, unreadable or corrupt file means factory defaults. Values
+    # of features not loaded yet are kept as stored (so a save does not lose them) until the
+    # feature registers its defaults.
     def load(self):
+        global current
         stored = {}
         try:
             with open(_FILE) as f:
@@ -47,14 +60,19 @@ class Settings:
         except Exception as e:  # ValueError from json, or a truncated file
             log.warn("settings: corrupt file ignored, factory defaults used: {!r}".format(e))
             stored = {}
-        self._live = {}
-        for key, default in DEFAULTS.items():
-            v = stored.get(key, default)
+        self._live = stored
+        self.adopt(DEFAULTS)
+        self._flash = dict(self._live)
+        current = self
+
+    def adopt(self, defaults):
+        live = self._live
+        for key, default in defaults.items():
+            v = live.get(key, default)
             if type(v) is not type(default):
                 log.warn("settings: bad value for {} ignored".format(key))
                 v = default
-            self._live[key] = v
-        self._flash = dict(self._live)
+            live[key] = v
 
     # Change a setting; it goes to flash at once unless FLASHLOCK is ON.
     def set(self, key, value):

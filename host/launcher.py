@@ -46,6 +46,10 @@ PTY_STALL = 2.0  # drop output when nobody has read the pty for this long (nothi
 
 
 STAND_IN_HEAP = 128 * 1024  # extra VM heap for the host/board stand-ins (see start.py)
+# --heap is the ESP32's heap. The VM is 64-bit: pointers, object headers, dict and list slots
+# take twice the bytes they take on the 32-bit ESP32, bytes and bytecode the same. 1.6 is our
+# estimate of the mix for this firmware (an estimate, not a measurement: see README, limits).
+WORD_SCALE_64 = 1.6
 
 
 def parse_heap(text: str) -> int:
@@ -61,7 +65,7 @@ class Launcher:
         self.link = Path(args.link)
         self.state_dir = Path(args.state).resolve()
         self.world_src = Path(args.world) if args.world else None
-        self.heap = args.heap
+        self.heap = int(args.heap * WORD_SCALE_64)  # the VM heap the firmware may use
         self.pace = args.pace
         self.stdin_stop = args.stdin_stop
         self.root = Path(args.root).resolve() if args.root else ROOT
@@ -484,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--link", default="build/uart", help="symlink to the pty (default build/uart)")
     p.add_argument("--state", default="build/state", help="state folder (flash image, logs...)")
     p.add_argument("--world", default=None, help="world file copied to STATE/world.json")
-    p.add_argument("--heap", default="110k", type=parse_heap, help="MicroPython heap size")
+    p.add_argument("--heap", default="110k", type=parse_heap, help="the ESP32 heap to model (scaled for the 64-bit VM)")
     p.add_argument("--pace", action="store_true", help="relay at the configured baud rate")
     p.add_argument("--root", default=None, help="folder holding boot.py/main.py (default: repo)")
     p.add_argument("--stdin-stop", action="store_true", help="stop when stdin reaches EOF")

@@ -82,11 +82,11 @@ def _keepalive_set(p):
 
 
 def _start():
-    mqtt.session.start()
+    mqtt.get().start()
 
 
 def _close():
-    if mqtt.session.close():
+    if mqtt.get().close():
         events.emit("MQTTEVENT", mqtt.CLOSED)
 
 
@@ -110,7 +110,7 @@ def _sub_set(p):
     if not mqtt.valid_filter(topic):
         raise at.AtError(at.E_PARAM, "parameter 2: not a valid topic filter")
     qos = at.integer(p, 2, 0, 2)
-    s = mqtt.session
+    s = mqtt.get()
     old = mqtt.sub(i)
     mqtt.store_sub(i, [topic, qos])
     if s.up():
@@ -129,7 +129,7 @@ def _sub_set(p):
 def _unsub_set(p):
     at.count(p, 1)
     i = at.integer(p, 0, 0, mqtt.SUBS - 1)
-    s = mqtt.session
+    s = mqtt.get()
     old = mqtt.sub(i)
     if old:
         mqtt.store_sub(i, [])
@@ -166,7 +166,7 @@ def _send_set(p):
 
 
 def _send_data(data):
-    s = mqtt.session
+    s = mqtt.get()
     if not s.up():
         s.pub = mqtt.PUB_FAIL
         raise at.AtError(at.E_STATE, "MQTT is not connected")
@@ -187,7 +187,7 @@ _ACTIONS = ("connect", "subscribe", "publish", "CONNECT", "SUBSCRIBE", "PUBLISH"
 def _status_set(p):
     at.count(p, 1, 2)
     action = at.choice(p, 0, _ACTIONS).lower()
-    s = mqtt.session
+    s = mqtt.get()
     if action == "subscribe":
         at.count(p, 2)
         word = s.subs[at.integer(p, 1, 0, mqtt.SUBS - 1)] or mqtt.SUB_FAIL

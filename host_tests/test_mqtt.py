@@ -1,0 +1,580 @@
+"""MQTT (spec section 5) through the pty against a real Mosquitto broker.
+
+The module runs with echo off. `Wire` reads what it sends as items (response lines, "OK",
+"ERROR", ">" prompts, events, +MQTTRECV messages) and fails a test when an unsolicited item
+turns up inside a response. mosquitto_pub / mosquitto_sub check independently what the module
+publishes and receives.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from host_tests.module import Module
+from host_tests.mosquitto import Broker, have_mosquitto
+
+pytestmark = pytest.mark.skipif(
+    not have_mosquitto() or not shutil.which("mosquitto_sub"), reason="mosquitto not installed"
+)
+
+BIN = bytes(range(256))
+Item = str | tuple[str, int, bytes]  # a line, or ("RECV", sub id, payload)
+
+
+# ----- the module's side of the wire
+
+
+def is_event(x: Item) -> bool:
+    if isinstance(x, tuple):
+        return True
+    if x in ("+MQTTEVENT:ON", "+MQTTEVENT:OFF"):  # the reply of AT+MQTTEVENT?, not an event
+        return False
+    return x.startswith(("+MQTTEVENT:", "+WEVENT:", "+CIPEVENT:"))
+
+
+class Wire:
+    def __init__(self, m: Module) -> None:
+        self.m = m
+        self.events: list[Item] = []  # unsolicited items read while waiting for a response
+
+    def _exact(self, n: int, timeout: float) -> bytes:
+        out = b""
+        end = time.monotonic() + timeout
+        while len(out) < n:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"wanted {n} bytes, got {out!r}")
+            out += self.m.read(n - len(out), timeout=left)
+        return out
+
+    def item(self, timeout: float = 5.0) -> Item:
+        """The next item. Lines are framed by \\r\\n; +MQTTRECV carries <len> raw bytes."""
+        b = b"\r"
+        while b in (b"\r", b"\n"):
+            b = self._exact(1, timeout)
+        if b == b">":
+            return ">"
+        line = b + self.m.read_until(b"\r\n" if b != b"+" else b":", timeout)
+        if line == b"+MQTTRECV:":
+            sid = int(self.m.read_until(b",", timeout)[:-1])
+            n = int(self.m.read_until(b",", timeout)[:-1])
+            data = self._exact(n + 2, timeout)
+            assert data[-2:] == b"\r\n", f"payload not followed by CRLF: {data[-20:]!r}"
+            return ("RECV", sid, data[:-2])
+        if b == b"+":
+            line += self.m.read_until(b"\r\n", timeout)
+        return line[:-2].decode()
+
+    def send(self, line: str | bytes, data: bytes | None = None, timeout: float = 5.0) -> list:
+        """Send a command (and the data of its data phase); return its response lines up to and
+        including OK / ERROR. Events before the response are kept in self.events; an event
+        after the response has begun fails the test."""
+        raw = line.encode() if isinstance(line, str) else line
+        self.m.write(raw + b"\r" + (data or b""))
+        out: list[Item] = []
+        while True:
+            x = self.item(timeout)
+            if is_event(x):
+                assert not out, f"event {x!r} inside the response to {line!r}: {out}"
+                self.events.append(x)
+                continue
+            out.append(x)
+            if x in ("OK", "ERROR"):
+                return out
+
+    def ok(self, line: str, data: bytes | None = None) -> None:
+        r = self.send(line, data)
+        assert r[-1] == "OK", f"{line!r} -> {r}"
+        assert r == (["OK"] if data is None else [">", "OK"]), f"{line!r} -> {r}"
+
+    def error(self, line: str, data: bytes | None = None) -> None:
+        r = self.send(line, data)
+        assert r == (["ERROR"] if data is None else [">", "ERROR"]), f"{line!r} -> {r}"
+
+    def query(self, line: str) -> list[str]:
+        r = self.send(line)
+        assert r[-1] == "OK", f"{line!r} -> {r}"
+        return r[:-1]
+
+    def one(self, line: str) -> str:
+        r = self.query(line)
+        assert len(r) == 1, r
+        return r[0]
+
+    def event(self, timeout: float = 5.0) -> Item:
+        if self.events:
+            return self.events.pop(0)
+        x = self.item(timeout)
+        assert is_event(x), f"expected an event, got {x!r}"
+        return x
+
+    def expect(self, *want: Item, timeout: float = 5.0) -> None:
+        """The next events are exactly `want`, in this order."""
+        got = [self.event(timeout) for _ in want]
+        assert got == list(want)
+
+    def expect_set(self, *want: Item, timeout: float = 5.0) -> None:
+        """The next events are `want`, in any order."""
+        got = [self.event(timeout) for _ in want]
+        assert sorted(map(repr, got)) == sorted(map(repr, want))
+
+    def pipeline(self, lines: list[str]) -> None:
+        """Write several commands at once; each must answer OK (events may come between)."""
+        self.m.write("".join(f"{x}\r" for x in lines))
+        for _ in lines:
+            x = self.item()
+            while is_event(x):
+                self.events.append(x)
+                x = self.item()
+            assert x == "OK", x
+
+    def quiet(self, seconds: float) -> None:
+        assert not self.events, self.events
+        self.m.expect_silence(seconds)
+
+
+def mqtt_event(word: str) -> str:
+    return "+MQTTEVENT:" + word
+
+
+# ----- fixtures and the broker's side
+
+
+@pytest.fixture
+def module(tmp_path: Path) -> Iterator[Module]:
+    m = Module(tmp_path / "state")
+    try:
+        m.sync()
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    with Broker(tmp_path) as b:
+        yield b
+
+
+def ready(m: Module, broker: Broker | None = None, port: int | None = None) -> Wire:
+    """Echo off, Wi-Fi joined, broker address set."""
+    w = Wire(m)
+    m.write(b"AT+UARTE=OFF\r")
+    m.read_until(b"\r\nOK\r\n")
+    w.ok("AT+WJAP=EMW-TEST,12345678")
+    w.expect("+WEVENT:STATION_UP", timeout=20)
+    if broker is not None:
+        w.ok(f"AT+MQTTSOCK={broker.host},{port or broker.port}")
+    return w
+
+
+def resync(w: Wire, timeout: float = 10) -> None:
+    """After AT+REBOOT: AT until OK, as drivers do, keeping the events that come meanwhile."""
+    end = time.monotonic() + timeout
+    while True:
+        w.m.write(b"AT\r")
+        try:
+            while (x := w.item(0.3)) != "OK":
+                if is_event(x):
+                    w.events.append(x)
+            return
+        except TimeoutError:
+            assert time.monotonic() < end, "no OK to AT after the reboot"
+
+
+def connect(w: Wire) -> None:
+    w.ok("AT+MQTTSTART")
+    w.expect(mqtt_event("CONNECT,SUCCESS"), timeout=10)
+
+
+_n = 0
+
+
+def watch(broker: Broker, topic: str, count: int, tls: bool = False) -> subprocess.Popen:
+    """mosquitto_sub printing '<topic> <qos> <hex payload>' lines; returns once subscribed."""
+    global _n
+    _n += 1
+    cid = f"checker{_n}"
+    p = subprocess.Popen(
+        ["mosquitto_sub", *broker.client_args(tls), "-i", cid, "-t", topic, "-q", "2",
+         "-C", str(count), "-W", "30", "-F", "%t %q %x"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_log(broker, f"SUBACK to {cid}")
+    return p
+
+
+def publish(broker: Broker, topic: str, payload: bytes, qos: int, tmp: Path) -> None:
+    f = tmp / "payload"
+    f.write_bytes(payload)
+    subprocess.run(
+        ["mosquitto_pub", *broker.client_args(), "-t", topic, "-q", str(qos), "-f", str(f)],
+        check=True, timeout=10,
+    )  # fmt: skip
+
+
+def wait_log(broker: Broker, text: str, count: int = 1, timeout: float = 10) -> None:
+    end = time.monotonic() + timeout
+    while broker.log().count(text) < count:
+        assert time.monotonic() < end, f"{text!r} x{count} not in broker log:\n{broker.log()}"
+        time.sleep(0.05)
+
+
+# ----- configuration
+
+# (command, reply) pairs: every query form answers the same.
+SETTINGS = [
+    ("AT+MQTTAUTH=user,pa\\,ss", "+MQTTAUTH:user,pa\\,ss"),
+    ("AT+MQTTSOCK=broker.example,8883", "+MQTTSOCK:broker.example,8883"),
+    ("AT+MQTTCAVERIFY=ON,OFF", "+MQTTCAVERIFY:ON,OFF"),
+    ("AT+MQTTSSL=ON", "+MQTTSSL:ON"),
+    ("AT+MQTTCID=123|securemode=3\\,signmethod=hmacsha1|", "+MQTTCID:123|securemode=3\\,signmethod=hmacsha1|"),
+    ("AT+MQTTKEEPALIVE=300", "+MQTTKEEPALIVE:300"),
+    ("AT+MQTTRECONN=OFF", "+MQTTRECONN:OFF"),
+    ("AT+MQTTEVENT=OFF", "+MQTTEVENT:OFF"),
+    ("AT+MQTTPUB=/sys/a/b/thing/event/property/post,1", "+MQTTPUB:/sys/a/b/thing/event/property/post,1"),
+]  # fmt: skip
+QUERIES = ["AUTH", "SOCK", "CAVERIFY", "SSL", "CID", "KEEPALIVE", "RECONN", "AUTOSTART", "EVENT",
+           "PUB", "SUB"]  # fmt: skip
+
+BAD = [
+    "AT+MQTTAUTH=a,b,c", "AT+MQTTAUTH=" + "u" * 257 + ",p", "AT+MQTTAUTH=u," + "p" * 513,
+    "AT+MQTTSOCK=host", "AT+MQTTSOCK=host,0", "AT+MQTTSOCK=host,65536", "AT+MQTTSOCK=host,x",
+    "AT+MQTTSOCK=,1883", "AT+MQTTSOCK=a b,1883", "AT+MQTTSOCK=h,1,2",
+    "AT+MQTTCAVERIFY=ON", "AT+MQTTCAVERIFY=ON,MAYBE", "AT+MQTTCAVERIFY=ON,OFF,ON",
+    "AT+MQTTSSL=1", "AT+MQTTSSL=", "AT+MQTTSSL=ON,ON",
+    "AT+MQTTCID=a,b", "AT+MQTTCID=" + "c" * 257,
+    "AT+MQTTKEEPALIVE=-1", "AT+MQTTKEEPALIVE=65536", "AT+MQTTKEEPALIVE=x", "AT+MQTTKEEPALIVE=",
+    "AT+MQTTRECONN=YES", "AT+MQTTAUTOSTART=ON,ON", "AT+MQTTEVENT=2",
+    "AT+MQTTSTART=1", "AT+MQTTSTART?", "AT+MQTTCLOSE=1", "AT+MQTTCLOSE?",
+    "AT+MQTTSUB=6,t,0", "AT+MQTTSUB=-1,t,0", "AT+MQTTSUB=0,t,3", "AT+MQTTSUB=0,,0",
+    "AT+MQTTSUB=0,a/#/b,0", "AT+MQTTSUB=0,a+,0", "AT+MQTTSUB=0,t", "AT+MQTTSUB=0,t,1,1",
+    "AT+MQTTSUB=0," + "t" * 257 + ",0",
+    "AT+MQTTPUB=t", "AT+MQTTPUB=t,3", "AT+MQTTPUB=a/+,0", "AT+MQTTPUB=a/#,0", "AT+MQTTPUB=,0",
+    "AT+MQTTSEND=0", "AT+MQTTSEND=4097", "AT+MQTTSEND=x", "AT+MQTTSEND", "AT+MQTTSEND=1,1",
+    "AT+MQTTUNSUB=6", "AT+MQTTUNSUB=", "AT+MQTTUNSUB=0,1", "AT+MQTTUNSUB",
+    "AT+MQTTSTATUS=foo", "AT+MQTTSTATUS=subscribe", "AT+MQTTSTATUS=subscribe,6",
+    "AT+MQTTSTATUS=connect,1", "AT+MQTTSTATUS=publish,0", "AT+MQTTSTATUS",
+]  # fmt: skip
+
+
+def snapshot(w: Wire) -> dict[str, list[str]]:
+    return {q: w.query(f"AT+MQTT{q}=?") for q in QUERIES}
+
+
+def test_config_defaults_errors_persistence_autostart(module, broker):
+    w = ready(module)
+    # factory defaults (MQTTEVENT ON: drivers rely on it)
+    assert snapshot(w) == {
+        "AUTH": ["+MQTTAUTH:,"], "SOCK": ["+MQTTSOCK:,1883"], "CAVERIFY": ["+MQTTCAVERIFY:OFF,OFF"],
+        "SSL": ["+MQTTSSL:OFF"], "CID": ["+MQTTCID:"], "KEEPALIVE": ["+MQTTKEEPALIVE:60"],
+        "RECONN": ["+MQTTRECONN:ON"], "AUTOSTART": ["+MQTTAUTOSTART:OFF"],
+        "EVENT": ["+MQTTEVENT:ON"], "PUB": ["+MQTTPUB:,0"], "SUB": ["+MQTTSUB:0"],
+    }  # fmt: skip
+    assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CLOSE,SUCCESS"
+    assert w.one("AT+MQTTSTATUS=publish") == "+MQTTSTATUS:PUBLISH,FAIL"
+    assert w.one("AT+MQTTSTATUS=subscribe,0") == "+MQTTSTATUS:SUBSCRIBE,FAIL"
+    for cmd, reply in SETTINGS:
+        w.ok(cmd)
+        name = cmd[2 : cmd.index("=")]
+        for form in ("=?", "?", ""):  # drivers send both the spec's form and "?"
+            assert w.query(f"AT{name}{form}") == [reply], form
+    w.ok("AT+MQTTSUB=0,a/+/c,1")
+    w.ok("AT+MQTTSUB=3,x\\,y/#,2")
+    assert w.query("AT+MQTTSUB=?") == ["+MQTTSUB:2", "0,a/+/c,1", "3,x\\,y/#,2"]
+    assert w.query("AT+MQTTSUB?") == w.query("AT+MQTTSUB")
+    before = snapshot(w)
+    for bad in BAD:
+        w.error(bad)
+    assert snapshot(w) == before
+    w.quiet(0.1)  # and no event from any of it
+
+    # What the broker connection needs, then a reboot: everything comes back and AUTOSTART
+    # connects once Wi-Fi is up, subscribing the stored ids.
+    w.ok(f"AT+MQTTSOCK={broker.host},{broker.port}")
+    w.ok("AT+MQTTSSL=OFF")
+    w.ok("AT+MQTTEVENT=ON")
+    w.ok("AT+MQTTAUTOSTART=ON")
+    w.ok("AT+MQTTUNSUB=0")
+    w.expect("+MQTTEVENT:0,UNSUBSCRIBE,SUCCESS")
+    w.ok("AT+MQTTAUTH=,")
+    before = snapshot(w)
+    assert before["SUB"] == ["+MQTTSUB:1", "3,x\\,y/#,2"]
+    w.ok("AT+REBOOT")
+    resync(w)
+    assert w.one("AT+UARTE?") == "+UARTE:OFF"
+    w.expect(
+        "+WEVENT:STATION_UP",
+        "+MQTTEVENT:CONNECT,SUCCESS",
+        "+MQTTEVENT:3,SUBSCRIBE,SUCCESS",
+        timeout=20,
+    )
+    assert snapshot(w) == before
+    # The client id with "\," reached the broker as one id with a comma.
+    wait_log(broker, "as 123|securemode=3,signmethod=hmacsha1|")
+    publish(broker, "x,y/1", b"after reboot", 1, broker.dir)
+    w.expect(("RECV", 3, b"after reboot"))
+
+
+# ----- connecting
+
+
+def test_auth_start_close(module, tmp_path):
+    with Broker(tmp_path, user="user", password="secret") as b:
+        w = ready(module)
+        w.ok("AT+MQTTSTART")  # no broker address yet
+        w.expect("+MQTTEVENT:CONNECT,INIT_ERROR")
+        assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,INIT_ERROR"
+        w.ok(f"AT+MQTTSOCK={b.host},{b.port}")
+        w.ok("AT+MQTTAUTH=user,wrong")
+        w.ok("AT+MQTTSTART")  # refused: CONNACK 5, no retrying even with MQTTRECONN ON
+        w.expect("+MQTTEVENT:CONNECT,FAIL")
+        assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,FAIL"
+        w.quiet(1.5)
+        w.ok("AT+MQTTAUTH=user,secret")
+        w.ok("AT+MQTTCID=auth-test")
+        connect(w)
+        assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,SUCCESS"
+        wait_log(b, "as auth-test")
+        w.ok("AT+MQTTSTART")  # again, connected: drivers re-send it until they see SUCCESS
+        w.expect("+MQTTEVENT:CONNECT,SUCCESS")
+        w.ok("AT+MQTTCLOSE")
+        w.expect("+MQTTEVENT:CLOSE,SUCCESS")
+        wait_log(b, "Client auth-test disconnected")
+        assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CLOSE,SUCCESS"
+        w.ok("AT+MQTTCLOSE")  # nothing to close: OK, no event
+        w.ok("AT+MQTTPUB=t,1")
+        w.error("AT+MQTTSEND=3", b"abc")  # not connected: the data is taken, then ERROR
+        assert w.one("AT+MQTTSTATUS=publish") == "+MQTTSTATUS:PUBLISH,FAIL"
+        w.quiet(0.3)
+
+
+# ----- messages
+
+
+SUBS = [("t/0", 0), ("t/1", 1), ("t/2", 2), ("w/+/x", 0), ("deep/#", 1), ("bin", 2)]
+
+
+def test_publish_receive_qos_binary(module, broker, tmp_path):
+    w = ready(module, broker)
+    w.ok("AT+MQTTCID=pubsub")
+    connect(w)
+    w.pipeline([f"AT+MQTTSUB={i},{t},{q}" for i, (t, q) in enumerate(SUBS)])  # all at once
+    w.expect_set(*(f"+MQTTEVENT:{i},SUBSCRIBE,SUCCESS" for i in range(6)))
+    assert w.query("AT+MQTTSUB=?") == ["+MQTTSUB:6"] + [
+        f"{i},{t},{q}" for i, (t, q) in enumerate(SUBS)
+    ]
+    for i in range(6):
+        assert w.one(f"AT+MQTTSTATUS=subscribe,{i}") == "+MQTTSTATUS:SUBSCRIBE,SUCCESS"
+
+    # Receive at QoS 0/1/2, every byte value, to the id whose filter matches.
+    for i, topic, qos in [(0, "t/0", 0), (1, "t/1", 1), (2, "t/2", 2), (3, "w/a/x", 1),
+                          (4, "deep/a/b", 2), (5, "bin", 2), (5, "bin", 0)]:  # fmt: skip
+        publish(broker, topic, BIN, qos, tmp_path)
+        w.expect(("RECV", i, BIN))
+    big = bytes(range(256)) * 16  # 4096 bytes
+    publish(broker, "bin", big, 1, tmp_path)
+    w.expect(("RECV", 5, big))
+
+    # Publish at QoS 0/1/2 with every byte value; mosquitto_sub checks what arrives.
+    sub = watch(broker, "out/#", 4)
+    for qos in (0, 1, 2):
+        w.ok(f"AT+MQTTPUB=out/q{qos},{qos}")
+        w.ok(f"AT+MQTTSEND={len(BIN)}", BIN)
+        w.expect("+MQTTEVENT:PUBLISH,SUCCESS")
+        assert w.one("AT+MQTTSTATUS=publish") == "+MQTTSTATUS:PUBLISH,SUCCESS"
+    w.ok("AT+MQTTPUB=out/big,1")
+    w.ok("AT+MQTTSEND=4096", big)
+    w.expect("+MQTTEVENT:PUBLISH,SUCCESS")
+    got, _ = sub.communicate(timeout=15)
+    assert got.splitlines() == [
+        f"out/q0 0 {BIN.hex()}", f"out/q1 1 {BIN.hex()}", f"out/q2 2 {BIN.hex()}",
+        f"out/big 1 {big.hex()}",
+    ]  # fmt: skip
+
+    # A message that arrives during a data phase waits for its OK (events never inside a
+    # response): nothing after ">" until the data is in.
+    w.ok("AT+MQTTPUB=t/2,2")  # to ourselves, on id 2
+    module.write(b"AT+MQTTSEND=4\r")
+    assert w.item() == ">"
+    publish(broker, "t/1", b"during", 1, tmp_path)
+    w.quiet(0.5)
+    module.write(b"\r\n>x")
+    assert w.item() == "OK"
+    w.expect_set(("RECV", 1, b"during"), ("RECV", 2, b"\r\n>x"), "+MQTTEVENT:PUBLISH,SUCCESS")
+
+    # Unsubscribe: the broker stops sending; other ids go on.
+    w.ok("AT+MQTTUNSUB=5")
+    w.expect("+MQTTEVENT:5,UNSUBSCRIBE,SUCCESS")
+    assert w.one("AT+MQTTSTATUS=subscribe,5") == "+MQTTSTATUS:UNSUBSCRIBE,SUCCESS"
+    assert w.query("AT+MQTTSUB=?")[0] == "+MQTTSUB:5"
+    publish(broker, "bin", b"gone", 1, tmp_path)
+    publish(broker, "t/0", b"still", 0, tmp_path)
+    w.expect(("RECV", 0, b"still"))
+    w.ok("AT+MQTTUNSUB=5")  # an unused id: OK as well
+    w.expect("+MQTTEVENT:5,UNSUBSCRIBE,SUCCESS")
+    # A new topic on a used id replaces the old one at the broker.
+    w.ok("AT+MQTTSUB=0,t/zero,1")
+    w.expect("+MQTTEVENT:0,SUBSCRIBE,SUCCESS")
+    publish(broker, "t/0", b"old", 0, tmp_path)
+    publish(broker, "t/zero", b"new", 1, tmp_path)
+    w.expect(("RECV", 0, b"new"))
+
+    # MQTTEVENT OFF silences status events, never messages.
+    w.ok("AT+MQTTEVENT=OFF")
+    w.ok("AT+MQTTPUB=t/1,1")
+    w.ok("AT+MQTTSEND=2", b"hi")
+    w.expect(("RECV", 1, b"hi"))
+    assert w.one("AT+MQTTSTATUS=publish") == "+MQTTSTATUS:PUBLISH,SUCCESS"
+    w.quiet(0.3)
+
+
+def test_traffic_never_splits_responses(module, broker, tmp_path):
+    w = ready(module, broker)
+    connect(w)
+    w.ok("AT+MQTTSUB=1,flood,1")
+    w.expect("+MQTTEVENT:1,SUBSCRIBE,SUCCESS")
+    w.ok("AT+MQTTPUB=back,0")
+    n = 60
+    feed = subprocess.Popen(
+        ["mosquitto_pub", *broker.client_args(), "-t", "flood", "-q", "1", "-l"],
+        stdin=subprocess.PIPE,
+    )
+    assert feed.stdin is not None
+    feed.stdin.write(b"".join(b"message %d\n" % k for k in range(n)))
+    feed.stdin.close()
+    got = []
+    for k in range(12):  # queries and slow data phases while messages pour in
+        r = w.send("AT+MQTTSUB=?")
+        assert r == ["+MQTTSUB:1", "1,flood,1", "OK"], r
+        module.write(b"AT+MQTTSEND=5\r%03d" % k)  # 3 bytes now, 2 more after a pause
+        while is_event(x := w.item()):
+            w.events.append(x)  # before the response: fine
+        assert x == ">"
+        time.sleep(0.03)
+        module.write(b"..")
+        assert w.item() == "OK"  # not a message: the data phase holds them
+    feed.wait(10)
+    end = time.monotonic() + 10
+    while len([e for e in got if isinstance(e, tuple)]) < n and time.monotonic() < end:
+        got.append(w.event())
+    msgs = [e for e in got if isinstance(e, tuple)]
+    assert msgs == [("RECV", 1, b"message %d" % k) for k in range(n)]
+    assert all(e == "+MQTTEVENT:PUBLISH,SUCCESS" for e in got if not isinstance(e, tuple))
+
+
+def test_keepalive_holds_idle_session(module, broker, tmp_path):
+    w = ready(module, broker)
+    w.ok("AT+MQTTKEEPALIVE=2")
+    w.ok("AT+MQTTCID=idle")
+    w.ok("AT+MQTTSUB=0,idle/t,1")
+    connect(w)
+    w.expect("+MQTTEVENT:0,SUBSCRIBE,SUCCESS")
+    w.quiet(6)  # 3 times the broker's 1.5 x keepalive limit
+    assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,SUCCESS"
+    assert broker.log().count("Received PINGREQ from idle") >= 4
+    assert "Client idle has exceeded timeout" not in broker.log()
+    publish(broker, "idle/t", b"awake", 1, tmp_path)
+    w.expect(("RECV", 0, b"awake"))
+
+
+def test_broker_restart(module, broker, tmp_path):
+    w = ready(module, broker)
+    w.ok("AT+MQTTSUB=2,r/x,1")
+    w.ok("AT+MQTTSUB=4,r/y,2")
+    connect(w)
+    w.expect_set("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
+    # MQTTRECONN ON (the default): reconnect, then subscribe every stored id again
+    broker.restart()
+    w.expect("+MQTTEVENT:CONNECT,RECONNECTING", "+MQTTEVENT:CONNECT,SUCCESS", timeout=10)
+    w.expect_set("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
+    assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,SUCCESS"
+    publish(broker, "r/y", b"back", 2, tmp_path)
+    w.expect(("RECV", 4, b"back"))
+    # A broker down for a while: RECONNECTING once, retries with back-off, then SUCCESS.
+    broker.stop()
+    w.expect("+MQTTEVENT:CONNECT,RECONNECTING")
+    assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,RECONNECTING"
+    assert w.one("AT+MQTTSTATUS=subscribe,2") == "+MQTTSTATUS:SUBSCRIBE,FAIL"
+    w.quiet(2.5)  # attempts at 0, 1 and 3 s fail quietly
+    broker.start()
+    w.ok("AT+MQTTSTART")  # waiting out its back-off: AT+MQTTSTART tries at once
+    w.expect("+MQTTEVENT:CONNECT,SUCCESS", timeout=3)
+    w.expect_set("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
+    # MQTTRECONN OFF: a clean CONNECT,FAIL, and no attempt after that.
+    w.ok("AT+MQTTRECONN=OFF")
+    broker.stop()
+    w.expect("+MQTTEVENT:CONNECT,FAIL")
+    assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,FAIL"
+    broker.start()
+    w.quiet(2)
+    connect(w)  # a new AT+MQTTSTART does connect
+    w.expect_set("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
+
+
+# ----- TLS
+
+
+def set_cert(w: Wire, kind: int, pem: bytes) -> bool:
+    """AT+SSLCERTSET=<kind>, ">", the PEM, Ctrl+Z; False if the command answers ERROR."""
+    w.m.write(f"AT+SSLCERTSET={kind}\r".encode())
+    x = w.item()
+    while is_event(x):
+        w.events.append(x)
+        x = w.item()
+    if x == "ERROR":
+        return False
+    assert x == ">", x
+    w.m.write(pem + b"\x1a")
+    assert w.item() == "OK"
+    return True
+
+
+def test_tls_server_verification(module, tmp_path):
+    with Broker(tmp_path, tls=True) as b:
+        w = ready(module, b, b.tls_port)
+        assert b.ca_path is not None and b.wrong_ca_path is not None
+        if not set_cert(w, 0, b.wrong_ca_path.read_bytes()):
+            pytest.skip("AT+SSLCERTSET answers ERROR")
+        w.ok("AT+MQTTSSL=ON")
+        w.ok("AT+MQTTCAVERIFY=ON,OFF")
+        w.ok("AT+MQTTSUB=0,tls/in,2")
+        w.ok("AT+MQTTSTART")  # the wrong CA: verification fails, no retrying
+        w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
+        assert set_cert(w, 0, b.ca_path.read_bytes())
+        connect(w)
+        w.expect("+MQTTEVENT:0,SUBSCRIBE,SUCCESS")
+        sub = watch(b, "tls/out", 1)
+        w.ok("AT+MQTTPUB=tls/out,1")
+        w.ok(f"AT+MQTTSEND={len(BIN)}", BIN)
+        w.expect("+MQTTEVENT:PUBLISH,SUCCESS")
+        assert sub.communicate(timeout=10)[0].split() == ["tls/out", "1", BIN.hex()]
+        publish(b, "tls/in", BIN, 2, tmp_path)
+        w.expect(("RECV", 0, BIN))
+
+
+def test_wifi_loss(module, broker, tmp_path):
+    w = ready(module, broker)
+    w.ok("AT+MQTTSUB=0,wl,1")
+    connect(w)
+    w.expect("+MQTTEVENT:0,SUBSCRIBE,SUCCESS")
+    module.ctl({"op": "ap", "ssid": "EMW-TEST", "set": {"present": False}})
+    w.expect_set("+WEVENT:STATION_DOWN", "+MQTTEVENT:CONNECT,RECONNECTING", timeout=10)
+    assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,RECONNECTING"
+    w.quiet(1.5)  # waiting for Wi-Fi, not hammering the broker
+    module.ctl({"op": "ap", "ssid": "EMW-TEST", "set": {"present": True}})
+    w.expect(
+        "+WEVENT:STATION_UP",
+        "+MQTTEVENT:CONNECT,SUCCESS",
+        "+MQTTEVENT:0,SUBSCRIBE,SUCCESS",
+        timeout=40,
+    )
+    publish(broker, "wl", b"over the air again", 1, tmp_path)
+    w.expect(("RECV", 0, b"over the air again"))

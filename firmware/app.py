@@ -60,6 +60,10 @@ def _restore(st):
         from firmware import mqtt
 
         mqtt.start()
+    if any(st.get("links", ())):
+        from firmware import links
+
+        links.start()
 
 
 # Hourly: keep uptime counting past the ticks_ms wrap.

@@ -26,3 +26,26 @@ def store(kind, data):
         _held[kind] = bytes(data)
     else:
         settings.write_file(_path(kind), data)
+
+
+# The DER blocks of a stored certificate or key (a PEM bundle gives several), or None.
+# Every mbedTLS build takes DER; the PC's rejects PEM, and hosts send PEM.
+def der(kind):
+    data = load(kind)
+    if data is None:
+        return None
+    import binascii
+
+    out = []
+    i = 0
+    while True:
+        b = data.find(b"-----BEGIN", i)
+        if b < 0:
+            break
+        b = data.find(b"\n", b) + 1
+        e = data.find(b"-----END", b)
+        if b <= 0 or e < 0:
+            break
+        out.append(binascii.a2b_base64(data[b:e]))  # skips the line breaks
+        i = e + 8
+    return out or [data]

@@ -16,7 +16,6 @@
 # The TCP connect, the TLS handshake and CONNECT/CONNACK are non-blocking (below), because
 # umqtt.simple's connect() blocks for all of them.
 import asyncio
-import binascii
 import errno
 import socket
 import time
@@ -126,24 +125,6 @@ def _match(filt, topic):
         if i >= len(t) or (x != "+" and x != t[i]):
             return False
     return len(f) == len(t)
-
-
-# The DER blocks of a PEM text, or [data] if it is not PEM (already DER). The unix port's
-# mbedTLS parses DER only; hosts send PEM (AT+SSLCERTSET ends at Ctrl+Z, so text).
-def _der(data):
-    out = []
-    i = 0
-    while True:
-        b = data.find(b"-----BEGIN", i)
-        if b < 0:
-            break
-        b = data.find(b"\n", b) + 1
-        e = data.find(b"-----END", b)
-        if b <= 0 or e < 0:
-            break
-        out.append(binascii.a2b_base64(data[b:e]))  # skips the line breaks
-        i = e + 8
-    return out or [data]
 
 
 # async: until the socket can be read / written, as asyncio's own streams wait
@@ -352,19 +333,19 @@ class Session:
         t = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         try:
             if server:
-                ca = certs.load(0)
+                ca = certs.der(0)
                 if not ca:
                     raise InitError("no root CA (AT+SSLCERTSET=0)")
-                for der in _der(ca):  # each adds a trusted certificate
+                for der in ca:  # each adds a trusted certificate
                     t.load_verify_locations(cadata=der)
                 t.verify_mode = ssl.CERT_REQUIRED
             else:
                 t.verify_mode = ssl.CERT_NONE
             if client:
-                cert, key = certs.load(1), certs.load(2)
+                cert, key = certs.der(1), certs.der(2)
                 if not cert or not key:
                     raise InitError("no client certificate or key (AT+SSLCERTSET=1/2)")
-                t.load_cert_chain(_der(cert)[0], _der(key)[0])
+                t.load_cert_chain(cert[0], key[0])
         except (ValueError, OSError) as e:  # a certificate or key mbedTLS cannot parse
             raise InitError(repr(e))
         return t

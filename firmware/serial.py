@@ -50,27 +50,41 @@ class Serial:
         self._idle.set()
         self._after = None  # called once the current response is out (reboot)
         self.last_error = (0, "")
+        self.sink = None  # transparent mode: where UART frames go (an object with write/close)
+        self._quiet = False  # transparent mode: the line was idle before the current frame
 
     # Read and act on the UART forever.
     async def run(self):
         reader = asyncio.StreamReader(self._uart)
-        rx = self._rx
         mv = self._rxmv
         while True:
-            if self._phase is None:
-                n = await reader.readinto(rx)
-            else:
-                try:
-                    n = await asyncio.wait_for_ms(reader.readinto(rx), _DATA_IDLE_MS)
-                except asyncio.TimeoutError:
-                    self._data_timeout()
-                    continue
+            n = await self._read(reader)
             i = 0
-            while i < (n or 0):
-                if self._phase is None:
+            while i < n:
+                if self.sink is not None:
+                    i = await self._take_frame(mv, i, n)
+                elif self._phase is None:
                     i = await self._take_line(mv, i, n)
                 else:
                     i = await self._take_data(mv, i, n)
+
+    # Bytes into _rx. A data phase gives up after _DATA_IDLE_MS of silence; transparent mode
+    # cuts a frame after the AT+UARTFOMAT idle time.
+    async def _read(self, reader):
+        if self.sink is not None:
+            timeout = self._settings["uartfomat"][1]
+        elif self._phase is not None:
+            timeout = _DATA_IDLE_MS
+        else:
+            return await reader.readinto(self._rx) or 0
+        try:
+            return await asyncio.wait_for_ms(reader.readinto(self._rx), timeout) or 0
+        except asyncio.TimeoutError:
+            if self.sink is not None:
+                await self._frame_idle()
+            else:
+                self._data_timeout()
+            return 0
 
     # Command mode: add rx[i:n] to the line up to its terminator (\r or \n); echo what is
     # taken as it arrives. Returns the index after what was taken.
@@ -154,6 +168,47 @@ class Serial:
             except Exception as e:
                 self._fail(e)
         return stop
+
+    # Transparent mode: frames of AT+UARTFOMAT length go to the sink as they fill up.
+    async def _take_frame(self, mv, i, n):
+        length = self._settings["uartfomat"][0]
+        got = self._got
+        k = min(n - i, length - got)
+        self._data[got : got + k] = mv[i : i + k]
+        self._got = got + k
+        if self._got == length:
+            self._got = 0
+            self._quiet = False
+            await self.sink.write(self._data[:length])
+        return i + k
+
+    # The line went idle: send the partial frame, unless it is "+++" alone between two
+    # silences, which leaves transparent mode.
+    async def _frame_idle(self):
+        got = self._got
+        self._got = 0
+        if got == 3 and self._quiet and bytes(self._data[:3]) == b"+++":
+            sink = self.sink
+            self.sink = None
+            sink.close()
+            self._uart.write(_OK)
+            self._end()
+        elif got:
+            await self.sink.write(self._data[:got])
+        self._quiet = True
+
+    # Enter transparent mode (AT+CIPSENDRAW, AT+BTSENDRAW) once the OK is out: the caller
+    # passes this as after_reply's function.
+    def enter_transparent(self, sink):
+        self.sink = sink
+        self._got = 0
+        self._quiet = True
+        self._open = True  # events wait (and, beyond _HELD_MAX, are dropped) meanwhile
+        self._idle.clear()
+
+    # Bytes from the transparent link to the host, as they are.
+    def raw(self, data):
+        self._uart.write(data)
 
     def _data_timeout(self):
         ph = self._phase

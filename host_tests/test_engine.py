@@ -173,7 +173,7 @@ def test_memfree_reports_free_heap_bytes(quiet):
     got = quiet.cmd("AT+MEMFREE?")
     assert got.startswith(b"\r\n+MEMFREE:") and got.endswith(b"\r\n" + OK)
     free = int(got.split(b":")[1].split(b"\r")[0])
-    assert 20_000 < free < 120_000
+    assert 20_000 < free < 200_000  # the VM heap: 110k scaled for 64-bit objects
 
 
 @pytest.mark.parametrize("cmd", ["WEVENT", "CIPEVENT"])

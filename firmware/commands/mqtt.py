@@ -13,17 +13,12 @@
 #   AT+MQTTCLOSE   OK, then +MQTTEVENT:CLOSE,SUCCESS if a session was started
 #   messages       +MQTTRECV:<sub id>,<len>,<payload>
 from firmware import at, ctx, events, mqtt, serial
-from firmware.commands.system import switch
+from firmware.commands.system import switch, value
 
 _USER_MAX = 256
 _PASS_MAX = 512  # cloud tokens (SAS, JWT) are long
 _HOST_MAX = 253
 _CID_MAX = 256
-
-
-# A row whose query answers for "=?", "?" and the bare command alike
-def _row(query, setter):
-    return (query, query, setter, query)
 
 
 def _auth_query():
@@ -198,20 +193,20 @@ def _status_set(p):
 
 
 COMMANDS = {
-    "MQTTAUTH": _row(_auth_query, _auth_set),
-    "MQTTSOCK": _row(_sock_query, _sock_set),
-    "MQTTCAVERIFY": _row(_caverify_query, _caverify_set),
+    "MQTTAUTH": value(_auth_query, _auth_set),
+    "MQTTSOCK": value(_sock_query, _sock_set),
+    "MQTTCAVERIFY": value(_caverify_query, _caverify_set),
     "MQTTSSL": switch("mqtt_ssl", "+MQTTSSL:"),
-    "MQTTCID": _row(_cid_query, _cid_set),
-    "MQTTKEEPALIVE": _row(_keepalive_query, _keepalive_set),
+    "MQTTCID": value(_cid_query, _cid_set),
+    "MQTTKEEPALIVE": value(_keepalive_query, _keepalive_set),
     "MQTTRECONN": switch("mqtt_reconn", "+MQTTRECONN:"),
     "MQTTAUTOSTART": switch("mqtt_autostart", "+MQTTAUTOSTART:"),
     # ":" as the document writes it. Unlike "+WEVENT=ON", a driver's event matcher that takes
     # this line for an event finds no result word it knows in "ON", and ignores it.
     "MQTTEVENT": switch("mqttevent", "+MQTTEVENT:"),
     "MQTTSTART": (None, None, None, _start),
-    "MQTTSUB": _row(_sub_query, _sub_set),
-    "MQTTPUB": _row(_pub_query, _pub_set),
+    "MQTTSUB": value(_sub_query, _sub_set),
+    "MQTTPUB": value(_pub_query, _pub_set),
     "MQTTSEND": (None, None, _send_set, None),
     "MQTTUNSUB": (None, None, _unsub_set, None),
     "MQTTSTATUS": (None, None, _status_set, None),

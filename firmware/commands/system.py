@@ -20,6 +20,11 @@ def switch(key, reply):
     return (query, query, setter, query)
 
 
+# Row for a value with a query and a setter: "=?", "?" and the bare command all answer it.
+def value(query, setter):
+    return (query, query, setter, query)
+
+
 # Row for a value that can only be read: every form but "=" answers it.
 def reading(fn):
     return (fn, fn, None, fn)

@@ -1,6 +1,6 @@
 # Section 2 of the spec: UART settings, framing of transparent mode, echo.
 from firmware import at, ctx
-from firmware.commands.system import switch
+from firmware.commands.system import switch, value
 
 BAUDS = (4800, 9600, 14400, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 PARITIES = ("NONE", "ODD", "EVEN")
@@ -38,7 +38,7 @@ def _fomat_set(p):
 
 
 COMMANDS = {
-    "UART": (_uart_query, _uart_query, _uart_set, _uart_query),
-    "UARTFOMAT": (_fomat_query, _fomat_query, _fomat_set, _fomat_query),
+    "UART": value(_uart_query, _uart_set),
+    "UARTFOMAT": value(_fomat_query, _fomat_set),
     "UARTE": switch("echo", "+UARTE:"),
 }

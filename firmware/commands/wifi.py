@@ -3,7 +3,7 @@ import sys
 
 from firmware import at, ctx, wifi
 from firmware.at import AtError
-from firmware.commands.system import reading, switch
+from firmware.commands.system import reading, switch, value
 
 _SSID_MAX = 32
 _KEY_MAX = 64
@@ -152,14 +152,14 @@ def _japs():
 COMMANDS = {
     "WFVER": reading(_wfver),
     "WMAC": reading(_wmac),
-    "WSCANOPT": (_scanopt_query, _scanopt_query, _scanopt_set, _scanopt_query),
+    "WSCANOPT": value(_scanopt_query, _scanopt_set),
     "WSCAN": (None, None, _scan_one, _scan_all),
     "WDHCP": switch("dhcp", "+WDHCP:"),
-    "WSAPIP": (_sapip_query, _sapip_query, _sapip_set, _sapip_query),
+    "WSAPIP": value(_sapip_query, _sapip_set),
     "WSAP": (_sap_query, _sap_query, _sap_set, None),
     "WSAPQ": (None, None, None, _sapq),
     "WSAPS": reading(_saps),
-    "WJAPIP": (_japip_query, _japip_query, _japip_set, _japip_query),
+    "WJAPIP": value(_japip_query, _japip_set),
     "WJAP": (_jap_stored, _jap_live, _jap_set, None),
     "WJAPQ": (None, None, None, _japq),
     "WJAPS": reading(_japs),

@@ -1,0 +1,199 @@
+# Section 4 of the spec: TCP, UDP and SSL links, certificates. The links are firmware/links.py.
+#
+# Replies and events (wire notes: what drivers send and parse):
+#   AT+CIPSTART=...    OK at once, then +CIPEVENT:<id>,SERVER,CONNECTED (clients),
+#                      +CIPEVENT:<id>,UDP,CONNECTED (UDP); a failure or a peer that closes:
+#                      +CIPEVENT:<id>,SERVER,DISCONNECTED; AT+CIPSTOP: <id>,SERVER|UDP,CLOSED;
+#                      a tcp_server's clients: +CIPEVENT:CLIENT,CONNECTED|CLOSED,<ip>,<port>
+#   AT+CIPSTATUS=<id>  +CIPSTATUS:<type>,connecting|connected|disconnected|close
+#   AT+CIPSEND=...     >, exactly <len> bytes, OK once sent
+#   data, push mode    +CIPEVENT:SOCKET,<id>,<len>,<data>
+#                      +CIPEVENT:UDP_BROADCAST,<ip>,<port>,<id>,<len>,<data>
+#   AT+CIPRECV=...     +CIPRECV=<len>,<data> (the document's "=")
+# Extensions: AT+CIPERR=<id> (why the link last failed), AT+CIPDROPS=<id> (UDP datagrams
+# dropped in pull mode).
+import socket
+
+from firmware import at, certs, ctx, links, serial
+from firmware.at import AtError
+from firmware.commands.system import value
+
+_CTRL_Z = b"\x1a"
+_HOST_MAX = 253
+
+
+def _id(p, i=0):
+    return at.integer(p, i, 0, links.COUNT - 1)
+
+
+def _port(p, i, lo=1):
+    return at.integer(p, i, lo, 65535)
+
+
+# AT+CIPSTART=<id>,<type>,[domain],[remote_port],[local_port]: the parameters each type takes.
+def _start(p):
+    at.count(p, 3, 5)
+    lid = _id(p)
+    typ = at.choice(p, 1, links.TYPES)
+    if typ == "tcp_server":
+        if len(p) == 3:
+            lport = _port(p, 2)
+        elif len(p) == 5 and p[2] is None and p[3] is None:  # id,tcp_server,,,port
+            lport = _port(p, 4)
+        else:
+            raise AtError(at.E_COUNT, "tcp_server takes id,tcp_server,local_port")
+        host, rport = None, 0
+    else:
+        at.count(p, 4, 5)
+        host = at.text(p, 2, _HOST_MAX)
+        rport = _port(p, 3)
+        if typ.startswith("udp"):
+            at.count(p, 5)
+        lport = _port(p, 4, lo=0) if len(p) == 5 else 0  # 0: any
+    links.open_link(lid, typ, host, rport, lport)
+
+
+# OK even for an id that was never started: drivers stop ids 0..4 at start-up (wire notes).
+def _stop(p):
+    at.count(p, 1, 2)
+    lid = _id(p)
+    link = links.get(lid)
+    if len(p) == 2 and link.type == "tcp_server" and link.state != links.CLOSE:
+        link.drop_client(link.peer(_port(p, 1)))
+    else:
+        links.close_link(lid)
+
+
+def _status(p):
+    at.count(p, 1)
+    link = links.get(_id(p))
+    return "+CIPSTATUS:{},{}".format(link.type, link.state)
+
+
+# AT+CIPSEND=<id>[,<remote_port>],<len>: the remote port picks a tcp_server's client.
+def _send(p):
+    at.count(p, 2, 3)
+    link = links.get(_id(p))
+    port = _port(p, 1) if len(p) == 3 else None
+    length = at.integer(p, len(p) - 1, 1, serial.DATA_MAX)
+    peer = link.peer(port)
+
+    def done(data):
+        return link.send(peer, data)
+
+    return serial.DataPhase(length, done)
+
+
+# Transparent mode on the lowest connected link; "+++" alone leaves it.
+def _sendraw():
+    for link in links.links or ():
+        if link.state == links.CONNECTED and link.type != "tcp_server":
+            ctx.serial.after_reply(lambda: ctx.serial.enter_transparent(link))
+            return
+    raise AtError(at.E_STATE, "no connected link")
+
+
+def _recv(p):
+    at.count(p, 3)
+    link = links.get(_id(p))
+    port = _port(p, 1, lo=0)
+    n = at.integer(p, 2, 1, links.PULL_MAX)
+    peer = link.peer(port) if link.type == "tcp_server" else (link.peers or (None,))[0]
+    data = peer.take(n) if peer is not None and peer.buf is not None else b""
+    return "+CIPRECV={},".format(len(data)).encode() + data
+
+
+def _recvcfg_query():
+    return "+CIPRECVCFG:{}".format(ctx.settings["recvcfg"])
+
+
+def _recvcfg_set(p):
+    at.count(p, 1)
+    ctx.settings.set("recvcfg", at.integer(p, 0, 0, 1))
+
+
+def _autoconn(p):
+    at.count(p, 1, 2)
+    lid = _id(p)
+    if len(p) == 1:
+        return "+CIPAUTOCONN:{}".format(ctx.settings["autoconn"][lid])
+    flags = list(ctx.settings["autoconn"])
+    flags[lid] = at.integer(p, 1, 0, 1)
+    ctx.settings.set("autoconn", flags)
+
+
+def _sslopt(p):
+    at.count(p, 3, 4)
+    lid = _id(p)
+    root = at.integer(p, 1, 0, 1)
+    client = at.integer(p, 2, 0, 1)
+    if len(p) == 4 and at.integer(p, 3, 0, 1):
+        raise AtError(at.E_UNSUPPORTED, "CRL checking is not available in MicroPython's ssl")
+    opts = list(ctx.settings["sslopt"])
+    opts[lid] = [root, client]
+    ctx.settings.set("sslopt", opts)
+
+
+def _domain(p):
+    at.count(p, 1)
+    name = at.text(p, 0, _HOST_MAX)
+    try:
+        found = socket.getaddrinfo(name, 0)  # blocking: DNS
+    except OSError:
+        raise AtError(at.E_FAIL, "cannot resolve " + name)
+    ips = []
+    for entry in found:
+        ip, _port = links._ip_port(entry[-1])
+        if ip not in ips:
+            ips.append(ip)
+    return ["+CIPDOMAIN:{}".format(len(ips))] + ips
+
+
+def _certset(p):
+    at.count(p, 1)
+    kind = at.integer(p, 0, 0, 3)
+
+    def done(data):
+        if not data:
+            raise AtError(at.E_PARAM, "empty certificate")
+        certs.store(kind, data)
+
+    return serial.DataPhase(0, done, end=_CTRL_Z)
+
+
+def _certget(p):
+    at.count(p, 1)
+    data = certs.load(at.integer(p, 0, 0, 3))
+    if data is None:
+        raise AtError(at.E_STATE, "no certificate of this type")
+    return b"+SSLCERTGET:" + data
+
+
+def _err(p):
+    at.count(p, 1)
+    link = links.get(_id(p))
+    return "+CIPERR:{},{}".format(link.id, link.error)
+
+
+def _drops(p):
+    at.count(p, 1)
+    link = links.get(_id(p))
+    return "+CIPDROPS:{},{}".format(link.id, link.drops)
+
+
+COMMANDS = {
+    "SSLCERTGET": (None, None, _certget, None),
+    "SSLCERTSET": (None, None, _certset, None),
+    "CIPDOMAIN": (None, None, _domain, None),
+    "CIPAUTOCONN": (None, None, _autoconn, None),
+    "CIPSSLOPT": (None, None, _sslopt, None),
+    "CIPSTART": (None, None, _start, None),
+    "CIPSTOP": (None, None, _stop, None),
+    "CIPSTATUS": (None, None, _status, None),
+    "CIPSEND": (None, None, _send, None),
+    "CIPSENDRAW": (None, None, None, _sendraw),
+    "CIPRECV": (None, None, _recv, None),
+    "CIPRECVCFG": value(_recvcfg_query, _recvcfg_set),
+    "CIPERR": (None, None, _err, None),
+    "CIPDROPS": (None, None, _drops, None),
+}

@@ -1,0 +1,448 @@
+# The five socket links (ids 0-4) of section 4: one state machine per id over non-blocking
+# sockets, the connection events of the spec, push and pull receive modes, auto-reconnect.
+import asyncio
+import errno
+import socket
+
+from micropython import const
+
+from firmware import certs, ctx, events, log, settings, wifi
+from firmware.at import E_FAIL, E_PARAM, E_STATE, E_TIMEOUT, E_UNSUPPORTED, AtError
+
+TYPES = ("tcp_server", "tcp_client", "ssl_client", "udp_broadcast", "udp_unicast")
+COUNT = const(5)
+
+# AT+CIPSTATUS words. "close" for a stopped link is what drivers test for (wire notes).
+CONNECTING = "connecting"
+CONNECTED = "connected"
+DISCONNECTED = "disconnected"
+CLOSE = "close"
+
+CHUNK = const(1024)  # largest +CIPEVENT:SOCKET payload
+PULL_MAX = const(2048)  # bytes buffered per peer in pull mode (AT+CIPRECVCFG=0)
+_CLIENTS_MAX = const(5)  # clients of one tcp_server
+_TLS_MAX = const(2)  # TLS links at once: each costs tens of KB on the board
+_CONNECT_MS = const(10000)
+_TLS_TIMEOUT_S = const(5)
+_SEND_WAIT_MS = const(10000)  # CIPSEND on a link still connecting waits this long
+_BACKOFF_MIN_MS = const(1000)
+_BACKOFF_MAX_MS = const(30000)
+
+settings.defaults({
+    "recvcfg": 1,  # 1 push (+CIPEVENT:SOCKET), 0 pull (AT+CIPRECV)
+    "autoconn": [1, 1, 1, 1, 1],
+    "links": [[], [], [], [], []],  # per id: [type, host, remote port, local port] while started
+    "sslopt": [[0, 0], [0, 0], [0, 0], [0, 0], [0, 0]],  # per id: verify root, client cert
+})
+
+_rx = bytearray(CHUNK)  # the one receive buffer of push mode: read, then pushed at once
+_rxmv = memoryview(_rx)
+
+
+# Wait until a socket is readable / writable: what asyncio's Stream does inside (there is no
+# public form, and UDP sockets need recvfrom, which Stream does not offer).
+async def _readable(s):
+    yield asyncio.core._io_queue.queue_read(s)
+
+
+async def _writable(s):
+    yield asyncio.core._io_queue.queue_write(s)
+
+
+# One connected stream (a client link's socket, or one client of a server) and its pull buffer.
+class Peer:
+    def __init__(self, sock, ip, port):
+        self.sock = sock
+        self.ip = ip
+        self.port = port
+        self.buf = None  # pull-mode buffer, made on first use
+        self.n = 0  # bytes in buf
+        self.room = asyncio.Event()  # set when buf has room again
+        self.task = None
+
+    def close(self):
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        self.sock.close()
+
+    # AT+CIPRECV: up to n buffered bytes, removed from the buffer.
+    def take(self, n):
+        n = min(n, self.n)
+        out = bytes(self.buf[:n]) if n else b""
+        if n:
+            self.buf[: self.n - n] = self.buf[n : self.n]
+            self.n -= n
+            self.room.set()
+        return out
+
+
+class Link:
+    def __init__(self, lid):
+        self.id = lid
+        self.type = "tcp_client"  # the last type used (AT+CIPSTATUS names it even when closed)
+        self.state = CLOSE
+        self.sock = None  # listening, UDP or client socket
+        self.addr = None  # resolved remote address (clients, UDP)
+        self.peers = []
+        self.task = None
+        self.error = ""  # why the link last failed (AT+CIPERR)
+        self.drops = 0  # UDP datagrams that did not fit in pull mode
+        self.udp = None  # the Peer holding a UDP link's pull buffer
+
+    # --- starting and stopping
+
+    def start(self, typ, host, rport, lport):
+        self.type = typ
+        self.host, self.rport, self.lport = host, rport, lport
+        self.state = CONNECTING
+        self.error = ""
+        self.task = asyncio.create_task(self._run())
+
+    def stop(self):
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        was = self.state
+        self.state = CLOSE
+        for p in self.peers:
+            p.close()
+            if self.type == "tcp_server":
+                events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(p.ip, p.port))
+        self.peers = []
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if was == CLOSE:
+            return
+        if self.type.startswith("udp"):
+            events.emit("CIPEVENT", "{},UDP,CLOSED".format(self.id))
+        else:
+            events.emit("CIPEVENT", "{},SERVER,CLOSED".format(self.id))
+
+    # Keep the link up: connect, serve, and with AT+CIPAUTOCONN on, connect again with
+    # back-off when a client link drops.
+    async def _run(self):
+        backoff = _BACKOFF_MIN_MS
+        while True:
+            try:
+                if self.type == "tcp_server":
+                    await self._serve()
+                elif self.type.startswith("udp"):
+                    await self._udp()
+                else:
+                    await self._client()
+                backoff = _BACKOFF_MIN_MS
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure ends this connection
+                self.error = _reason(e)
+                log.info("link {}: {}".format(self.id, self.error))
+            self._drop()
+            if not ctx.settings["autoconn"][self.id] or self.type == "tcp_server":
+                self.task = None
+                return
+            await asyncio.sleep_ms(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX_MS)
+            self.state = CONNECTING
+
+    def _drop(self):
+        for p in self.peers:
+            p.close()
+        self.peers = []
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.state == CONNECTED and not self.type.startswith("udp"):
+            events.emit("CIPEVENT", "{},SERVER,DISCONNECTED".format(self.id))
+        elif self.state == CONNECTING and self.type != "tcp_server":
+            events.emit("CIPEVENT", "{},SERVER,DISCONNECTED".format(self.id))
+        self.state = DISCONNECTED
+
+    async def _client(self):
+        # blocking: DNS, once per connection
+        self.addr = socket.getaddrinfo(self.host, self.rport)[0][-1]
+        s = socket.socket()
+        self.sock = s
+        if self.lport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(socket.getaddrinfo("0.0.0.0", self.lport)[0][-1])
+        s.setblocking(False)
+        try:
+            s.connect(self.addr)
+        except OSError as e:
+            if e.errno != errno.EINPROGRESS:
+                raise
+        await asyncio.wait_for_ms(_writable(s), _CONNECT_MS)
+        try:  # a second connect() tells how the first one ended
+            s.connect(self.addr)
+        except OSError as e:
+            if e.errno != errno.EISCONN:
+                raise
+        if self.type == "ssl_client":
+            s = self._tls(s)
+            self.sock = s
+        peer = Peer(s, self.host, self.rport)
+        self.peers = [peer]
+        self.state = CONNECTED
+        events.emit("CIPEVENT", "{},SERVER,CONNECTED".format(self.id))
+        await self._pump(peer)
+
+    # TLS on a connected socket. blocking: the handshake, up to _TLS_TIMEOUT_S, as
+    # MicroPython's own wrap_socket does; the non-blocking form cannot tell that a certificate
+    # was refused before data flows, and a refused server must never count as connected.
+    def _tls(self, s):
+        import ssl
+
+        verify, client = ctx.settings["sslopt"][self.id]
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if verify:
+            ca = certs.der(0)
+            if ca is None:
+                raise AtError(E_STATE, "no root certificate (AT+SSLCERTSET=0)")
+            tls.verify_mode = ssl.CERT_REQUIRED
+            for block in ca:
+                tls.load_verify_locations(cadata=block)
+        else:
+            tls.verify_mode = ssl.CERT_NONE
+        if client:
+            cert, key = certs.der(1), certs.der(2)
+            if cert is None or key is None:
+                raise AtError(E_STATE, "no client certificate or key (AT+SSLCERTSET=1,2)")
+            tls.load_cert_chain(cert[0], key[0])
+        s.setblocking(True)
+        s.settimeout(_TLS_TIMEOUT_S)
+        t = tls.wrap_socket(s, server_hostname=self.host)
+        t.setblocking(False)
+        return t
+
+    async def _serve(self):
+        s = socket.socket()
+        self.sock = s
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(socket.getaddrinfo("0.0.0.0", self.lport)[0][-1])
+        s.listen(_CLIENTS_MAX)
+        s.setblocking(False)
+        self.state = CONNECTED
+        while True:
+            await _readable(s)
+            c, addr = s.accept()
+            ip, port = _ip_port(addr)
+            if len(self.peers) >= _CLIENTS_MAX:
+                c.close()
+                continue
+            c.setblocking(False)
+            peer = Peer(c, ip, port)
+            self.peers.append(peer)
+            events.emit("CIPEVENT", "CLIENT,CONNECTED,{},{}".format(ip, port))
+            peer.task = asyncio.create_task(self._serve_peer(peer))
+
+    async def _serve_peer(self, peer):
+        try:
+            await self._pump(peer)
+        except Exception as e:  # noqa: BLE001 - a reset ends this client only
+            self.error = _reason(e)
+        peer.task = None
+        self.drop_client(peer)
+
+    def drop_client(self, peer):
+        if peer in self.peers:
+            self.peers.remove(peer)
+            peer.close()
+            events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(peer.ip, peer.port))
+
+    # Move received data from a stream to the host until the peer closes.
+    async def _pump(self, peer):
+        s = peer.sock
+        while True:
+            await _readable(s)
+            if ctx.serial.sink is self:  # transparent mode: raw bytes, no framing
+                n = s.readinto(_rx)
+                if n:
+                    ctx.serial.raw(_rxmv[:n])
+            elif ctx.settings["recvcfg"]:
+                await ctx.serial.until_idle()
+                n = s.readinto(_rx)
+                if n:
+                    ctx.serial.push("+CIPEVENT:SOCKET,{},{},".format(self.id, n), _rxmv[:n])
+            else:
+                n = await self._pull(peer)
+            if n == 0:
+                return  # closed by the peer
+            # None: nothing to read yet (TLS records in progress)
+
+    async def _pull(self, peer):
+        if peer.buf is None:
+            peer.buf = bytearray(PULL_MAX)
+        while peer.n == PULL_MAX:  # full: stop reading, so TCP pushes back on the sender
+            peer.room.clear()
+            await peer.room.wait()
+        n = peer.sock.readinto(memoryview(peer.buf)[peer.n :])
+        if n:
+            peer.n += n
+        return n
+
+    async def _udp(self):
+        self.addr = socket.getaddrinfo(self.host, self.rport)[0][-1]  # blocking: DNS
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock = s
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.type == "udp_broadcast":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.bind(socket.getaddrinfo("0.0.0.0", self.lport)[0][-1])
+        s.setblocking(False)
+        self.udp = Peer(s, self.host, self.rport)
+        self.peers = [self.udp]
+        self.state = CONNECTED
+        events.emit("CIPEVENT", "{},UDP,CONNECTED".format(self.id))
+        while True:
+            await _readable(s)
+            if ctx.serial.sink is not self and ctx.settings["recvcfg"]:
+                await ctx.serial.until_idle()
+            data, addr = s.recvfrom(CHUNK)
+            if ctx.serial.sink is self:
+                ctx.serial.raw(data)
+            elif ctx.settings["recvcfg"]:
+                if self.type == "udp_broadcast":
+                    ip, port = _ip_port(addr)
+                    head = "+CIPEVENT:UDP_BROADCAST,{},{},{},{},".format(ip, port, self.id, len(data))
+                else:
+                    head = "+CIPEVENT:SOCKET,{},{},".format(self.id, len(data))
+                ctx.serial.push(head, data)
+            else:
+                self._keep_datagram(data)
+
+    def _keep_datagram(self, data):
+        p = self.udp
+        if p.buf is None:
+            p.buf = bytearray(PULL_MAX)
+        if p.n + len(data) > PULL_MAX:
+            self.drops += 1
+            return
+        p.buf[p.n : p.n + len(data)] = data
+        p.n += len(data)
+
+    # --- sending (AT+CIPSEND, transparent mode)
+
+    # The peer data goes to: the client of a tcp_server with that remote port, else the one.
+    def peer(self, port):
+        if self.state == CLOSE:
+            raise AtError(E_STATE, "link {} is not started".format(self.id))
+        if self.type == "tcp_server":
+            for p in self.peers:
+                if p.port == port:
+                    return p
+            raise AtError(E_PARAM, "no client with remote port {}".format(port))
+        return None  # resolved at send time: the link may still be connecting
+
+    async def send(self, peer, data):
+        waited = 0
+        while self.state == CONNECTING and waited < _SEND_WAIT_MS:
+            await asyncio.sleep_ms(20)  # data sent right after CIPSTART's OK is not lost
+            waited += 20
+        if self.state != CONNECTED:
+            raise AtError(E_STATE, "link {} is {}".format(self.id, self.state))
+        if self.type.startswith("udp"):
+            self.sock.sendto(data, self.addr)
+            return
+        s = (peer or self.peers[0]).sock
+        mv = memoryview(data)
+        while mv:
+            try:
+                n = s.write(mv)
+            except OSError as e:
+                raise AtError(E_FAIL, "send: " + _reason(e))
+            if n is None:
+                try:
+                    await asyncio.wait_for_ms(_writable(s), _SEND_WAIT_MS)
+                except asyncio.TimeoutError:
+                    raise AtError(E_TIMEOUT, "send: peer does not take data")
+            else:
+                mv = mv[n:]
+
+    # Transparent mode (AT+CIPSENDRAW): the engine hands each UART frame to write().
+    async def write(self, frame):
+        try:
+            await self.send(None, frame)
+        except AtError as e:
+            log.warn("transparent link {}: {}".format(self.id, e.detail))
+
+    def close(self):
+        pass  # leaving transparent mode keeps the link up
+
+
+def _reason(e):
+    if isinstance(e, AtError):
+        return e.detail
+    if isinstance(e, OSError) and e.args:
+        code = e.args[0]
+        return errno.errorcode.get(code, str(code)) if isinstance(code, int) else str(code)
+    if isinstance(e, asyncio.TimeoutError):
+        return "timeout"
+    return "{}: {}".format(type(e).__name__, e)
+
+
+def _ip_port(addr):
+    if isinstance(addr, tuple):
+        return addr[0], addr[1]
+    # the unix port's raw sockaddr_in: family (2), port (2, big-endian), address (4)
+    return "{}.{}.{}.{}".format(addr[4], addr[5], addr[6], addr[7]), addr[2] << 8 | addr[3]
+
+
+links = None  # the Link of each id, made on first use
+
+
+def get(lid):
+    global links
+    if links is None:
+        links = [Link(i) for i in range(COUNT)]
+    return links[lid]
+
+
+def tls_count():
+    return sum(1 for L in (links or ()) if L.type == "ssl_client" and L.state != CLOSE)
+
+
+# Validate and start a link (AT+CIPSTART); remembered for AT+CIPAUTOCONN.
+def open_link(lid, typ, host, rport, lport, remember=True):
+    link = get(lid)
+    if link.state != CLOSE:
+        raise AtError(E_STATE, "link {} is not stopped (AT+CIPSTOP first)".format(lid))
+    if not wifi.online():
+        raise AtError(E_STATE, "no Wi-Fi link")
+    if typ == "ssl_client" and tls_count() >= _TLS_MAX:
+        raise AtError(E_UNSUPPORTED, "at most {} TLS links at once".format(_TLS_MAX))
+    link.start(typ, host, rport, lport)
+    if remember:
+        stored = list(ctx.settings["links"])
+        stored[lid] = [typ, host or "", rport, lport]
+        ctx.settings.set("links", stored)
+
+
+def close_link(lid):
+    link = get(lid)
+    link.stop()
+    if ctx.settings["links"][lid]:
+        stored = list(ctx.settings["links"])
+        stored[lid] = []
+        ctx.settings.set("links", stored)
+
+
+_restorer = None  # the power-on task of start()
+
+
+# At power-on: restore the links that were started with AT+CIPAUTOCONN on, once Wi-Fi is up.
+def start():
+    global _restorer
+    _restorer = asyncio.create_task(_restore())
+
+
+async def _restore():
+    while not wifi.online():
+        await asyncio.sleep_ms(200)
+    for lid, cfg in enumerate(ctx.settings["links"]):
+        if cfg and ctx.settings["autoconn"][lid]:
+            try:
+                open_link(lid, cfg[0], cfg[1], cfg[2], cfg[3], remember=False)
+            except AtError as e:
+                log.warn("link {} not restored: {}".format(lid, e.detail))

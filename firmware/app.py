@@ -56,6 +56,10 @@ async def main():
 # at power-on (their modules load only then).
 def _restore(st):
     wifi.start()
+    if st.get("bt_on"):
+        from firmware import bt
+
+        bt.start()
     if st.get("mqtt_autostart"):
         from firmware import mqtt
 

@@ -1,7 +1,7 @@
 # Unsolicited result codes: "+<KIND>:<params>", each gated by its own ON/OFF setting.
 from firmware import ctx
 
-_GATES = {"WEVENT": "wevent", "CIPEVENT": "cipevent", "MQTTEVENT": "mqttevent"}
+_GATES = {"WEVENT": "wevent", "CIPEVENT": "cipevent", "MQTTEVENT": "mqttevent", "BTEVENT": "btevent"}
 
 
 def emit(kind, params):

@@ -28,12 +28,20 @@ _SEND_WAIT_MS = const(10000)  # CIPSEND on a link still connecting waits this lo
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(30000)
 
-settings.defaults({
-    "recvcfg": 1,  # 1 push (+CIPEVENT:SOCKET), 0 pull (AT+CIPRECV)
-    "autoconn": [1, 1, 1, 1, 1],
-    "links": [[], [], [], [], []],  # per id: [type, host, remote port, local port] while started
-    "sslopt": [[0, 0], [0, 0], [0, 0], [0, 0], [0, 0]],  # per id: verify root, client cert
-})
+settings.defaults(
+    {
+        "recvcfg": 1,  # 1 push (+CIPEVENT:SOCKET), 0 pull (AT+CIPRECV)
+        "autoconn": [1, 1, 1, 1, 1],
+        "links": [
+            [],
+            [],
+            [],
+            [],
+            [],
+        ],  # per id: [type, host, remote port, local port] while started
+        "sslopt": [[0, 0], [0, 0], [0, 0], [0, 0], [0, 0]],  # per id: verify root, client cert
+    }
+)
 
 _rx = bytearray(CHUNK)  # the one receive buffer of push mode: read, then pushed at once
 _rxmv = memoryview(_rx)
@@ -135,7 +143,7 @@ class Link:
                 backoff = _BACKOFF_MIN_MS
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001 - any failure ends this connection
+            except Exception as e:  # any failure ends this connection
                 self.error = _reason(e)
                 log.info("link {}: {}".format(self.id, self.error))
             self._drop()
@@ -240,7 +248,7 @@ class Link:
     async def _serve_peer(self, peer):
         try:
             await self._pump(peer)
-        except Exception as e:  # noqa: BLE001 - a reset ends this client only
+        except Exception as e:  # a reset ends this client only
             self.error = _reason(e)
         peer.task = None
         self.drop_client(peer)
@@ -305,7 +313,9 @@ class Link:
             elif ctx.settings["recvcfg"]:
                 if self.type == "udp_broadcast":
                     ip, port = _ip_port(addr)
-                    head = "+CIPEVENT:UDP_BROADCAST,{},{},{},{},".format(ip, port, self.id, len(data))
+                    head = "+CIPEVENT:UDP_BROADCAST,{},{},{},{},".format(
+                        ip, port, self.id, len(data)
+                    )
                 else:
                     head = "+CIPEVENT:SOCKET,{},{},".format(self.id, len(data))
                 ctx.serial.push(head, data)

@@ -2,6 +2,7 @@
 # whose COMMANDS rows answer it. A group is imported on the first use of one of its commands,
 # so a feature the host never uses costs no RAM (as asyncio's lazy __init__ does).
 # host_tests/test_registry.py checks that these lists match each module's COMMANDS.
+# fmt: off
 GROUPS = (
     ("system", ("", "FWVER", "SYSTIME", "MEMFREE", "FACTORY", "REBOOT", "FLASHLOCK", "WEVENT",
                 "CIPEVENT", "STANDBY", "ERRNO", "ERRVERBOSE")),
@@ -15,7 +16,10 @@ GROUPS = (
                "CIPSTOP", "CIPSTATUS", "CIPSEND", "CIPSENDRAW", "CIPRECV", "CIPRECVCFG", "CIPERR",
                "CIPDROPS")),
     ("sntp", ("SNTPCFG", "SNTPTIME", "RTCGET")),
+    ("bt", ("BTNAME", "BTPASSKEY", "BTMAC", "BTDISCOVERY", "BTEVENT", "BTSTATE", "BTSEND",
+            "BTSENDRAW")),
 )
+# fmt: on
 
 
 class Table:

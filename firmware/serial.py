@@ -220,17 +220,20 @@ class Serial:
         self._open = True
         self._idle.clear()
 
-    # Write a handler's response (None, one line, or a list of lines) and OK.
+    # Write a handler's response (None, one line, or a list of lines) and OK. The writer
+    # paths allocate nothing (host_tests/vm/test_engine_heap.py runs them under heap_lock).
     def _finish(self, res):
-        w = self._uart.write
-        if res is not None:
-            if isinstance(res, (str, bytes)):
-                res = (res,)
+        u = self._uart
+        if isinstance(res, str) or isinstance(res, bytes):
+            u.write(_CRLF)
+            u.write(res)
+            u.write(_CRLF)
+        elif res is not None:
             for line in res:
-                w(_CRLF)
-                w(line)
-            w(_CRLF)
-        w(_OK)
+                u.write(_CRLF)
+                u.write(line)
+            u.write(_CRLF)
+        u.write(_OK)
         self._end()
 
     def _fail(self, e):
@@ -243,12 +246,12 @@ class Serial:
             log.exc(e, "handler")
             err = (at.E_INTERNAL, repr(e))
         self.last_error = err
-        w = self._uart.write
+        u = self._uart
         if self._settings["verbose_errors"]:
-            w(_CRLF)
-            w(error_line(err))
-            w(_CRLF)
-        w(_ERROR)
+            u.write(_CRLF)
+            u.write(error_line(err))
+            u.write(_CRLF)
+        u.write(_ERROR)
         self._end()
 
     def _end(self):
@@ -281,10 +284,10 @@ class Serial:
         self._held.append(text)
 
     def _write_event(self, text):
-        w = self._uart.write
-        w(_CRLF)
-        w(text)
-        w(_CRLF)
+        u = self._uart
+        u.write(_CRLF)
+        u.write(text)
+        u.write(_CRLF)
 
     # Wait until no response is open, for writers of large events (received data), which
     # must not be held in memory: call push() right after, without awaiting in between.
@@ -294,11 +297,11 @@ class Serial:
 
     # An event with a binary payload: header, then the data as is, then \r\n.
     def push(self, header, data):
-        w = self._uart.write
-        w(_CRLF)
-        w(header)
-        w(data)
-        w(_CRLF)
+        u = self._uart
+        u.write(_CRLF)
+        u.write(header)
+        u.write(data)
+        u.write(_CRLF)
 
 
 def error_line(err):

@@ -99,6 +99,7 @@ class Launcher:
         self.to_fw: Pacer | None = None
         self.to_pty: Pacer | None = None
         self.pty_dropping = False  # the pty stayed full: output is being dropped
+        self.bt = None  # host.btbridge.BtBridge: the virtual Bluetooth radio (if bumble is there)
 
     # ----- set-up and tear-down
 
@@ -114,6 +115,7 @@ class Launcher:
         self.uart_port = uart_srv.sockets[0].getsockname()[1]
         self.control_port = ctl_srv.sockets[0].getsockname()[1]
         (self.state_dir / "control.port").write_text(f"{self.control_port}\n")
+        await self.start_bt()
         if self.pace:
             self.to_fw = Pacer(self.send_fw, self.uart_settings)
             self.to_pty = Pacer(self.write_pty, self.uart_settings)
@@ -124,6 +126,8 @@ class Launcher:
             loop.add_signal_handler(sig, self.shutdown)
         print(f"UART: {self.pty_name}")
         print(f"LINK: {self.link}")
+        if self.bt:
+            print(f"BT_HCI: tcp-client:127.0.0.1:{self.bt.hci_port}")
         print(f"CONTROL: 127.0.0.1:{self.control_port}", flush=True)
         supervisor = loop.create_task(self.supervise())
         await self.stopped.wait()
@@ -134,11 +138,25 @@ class Launcher:
         loop.remove_reader(self.master)
         uart_srv.close()
         ctl_srv.close()
+        if self.bt:
+            self.bt.close()
         self.remove_link()
         with contextlib.suppress(OSError):
             (self.state_dir / "control.port").unlink()
         self.console.close()
         return 0
+
+    # The Bluetooth radio (host/btbridge.py); the firmware's bluetooth.BLE reaches it through
+    # EMW_BT, phones through STATE/bt_hci.port (bumble transport tcp-client:127.0.0.1:<port>).
+    async def start_bt(self) -> None:
+        try:
+            from host.btbridge import BtBridge
+        except ImportError as e:
+            log.warning("no Bluetooth radio (bumble not installed: %s)", e)
+            return
+        self.bt = BtBridge(self.state_dir)
+        await self.bt.start()
+        (self.state_dir / "bt_hci.port").write_text(f"{self.bt.hci_port}\n")
 
     def on_stdin(self) -> None:
         # --stdin-stop: the test process that started us has gone (its pipe closed).
@@ -241,6 +259,7 @@ class Launcher:
                 "EMW_WAKE": wake,
                 "EMW_MPY": str(self.mpy_dir),
                 "EMW_HEAP": str(self.heap),
+                "EMW_BT": f"127.0.0.1:{self.bt.fw_port}" if self.bt else "",
             }
         )
         self.proc = await asyncio.create_subprocess_exec(

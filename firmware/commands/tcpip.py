@@ -146,7 +146,8 @@ def _domain(p):
         ip, _port = links._ip_port(entry[-1])
         if ip not in ips:
             ips.append(ip)
-    return ["+CIPDOMAIN:{}".format(len(ips))] + ips
+    ips.insert(0, "+CIPDOMAIN:{}".format(len(ips)))
+    return ips
 
 
 def _certset(p):

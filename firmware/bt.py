@@ -1,0 +1,262 @@
+# Bluetooth serial: the Nordic UART Service (NUS) over BLE, on MicroPython's bluetooth.BLE.
+# The EMW3239 offers Classic SPP (RFCOMM); the ESP32's MicroPython has BLE only, so this offers
+# the same serial service as NUS, the BLE serial profile phone apps speak. Commands are in
+# commands/bt.py (the wire formats are described there); this is the radio's state.
+#
+# - The link counts as CONNECTED (+BTEVENT:CONNECTION,ON) once it is paired or re-encrypted
+#   with a bond, authenticated (MITM, the static passkey of AT+BTPASSKEY), as an RFCOMM channel
+#   opens after pairing. A phone that fails to pair is disconnected. RX writes need an
+#   authenticated link (the stack answers "insufficient authentication", so phones pair).
+# - IRQ handlers only copy and flag: received bytes go into a ring (one producer, the IRQ;
+#   one consumer, the _deliver task), so no lock is needed even where IRQs are scheduled
+#   between bytecodes (ESP32). _deliver writes them to the UART when no response is open.
+# - Phone -> module flow control: NimBLE answers a write after the IRQ handler returns; the
+#   ring drains at UART speed. A write that does not fit the ring is dropped and counted
+#   (`dropped`): at 115200 baud a phone writing with response does not outrun it.
+# - Module -> phone: notifications of at most MTU-3 bytes; gatts_notify raises ENOMEM while the
+#   stack's buffers are full, and the sender waits and retries: nothing is lost.
+import asyncio
+
+import bluetooth
+import machine
+from micropython import const
+
+from firmware import ctx, events, log, settings
+from firmware.at import E_FAIL, E_STATE, E_TIMEOUT, AtError
+
+settings.defaults(
+    {
+        "bt_name": "",  # AT+BTNAME ("": the default name, EMW3239_<last 3 bytes of the MAC>)
+        "bt_passkey": "123456",  # AT+BTPASSKEY
+        "bt_on": False,  # AT+BTDISCOVERY=ON: advertise, also after a restart
+        "btevent": True,  # AT+BTEVENT=EN
+    }
+)
+
+NAME_MAX = const(26)  # 31-byte advertising packet: flags (3) + name header (2) + name
+
+_IRQ_CENTRAL_CONNECT = const(1)
+_IRQ_CENTRAL_DISCONNECT = const(2)
+_IRQ_GATTS_WRITE = const(3)
+_IRQ_MTU_EXCHANGED = const(21)
+_IRQ_ENCRYPTION_UPDATE = const(28)
+_IRQ_PASSKEY_ACTION = const(31)
+_PASSKEY_ACTION_DISPLAY = const(3)
+_IO_CAPABILITY_DISPLAY_ONLY = const(0)
+
+_FLAG_WRITE_NO_RESPONSE = const(0x0004)
+_FLAG_WRITE = const(0x0008)
+_FLAG_NOTIFY = const(0x0010)
+_FLAG_WRITE_AUTHENTICATED = const(0x2000)
+
+_MTU = const(247)  # asked for: 244-byte notifications, one LE data packet with DLE
+_RING = const(1024)  # received bytes waiting for the UART
+_RX_BUF = const(512)  # the RX characteristic's append buffer (long writes included)
+_ADV_US = const(100000)
+_ENOMEM = const(12)
+_SEND_STALL_MS = const(5000)  # a notification that cannot leave this long fails BTSEND
+
+_NUS = "6E400001-B5A3-F393-E0A9-E50E24DCCA9E"
+_NUS_RX = "6E400002-B5A3-F393-E0A9-E50E24DCCA9E"  # phone -> module (write)
+_NUS_TX = "6E400003-B5A3-F393-E0A9-E50E24DCCA9E"  # module -> phone (notify)
+# Scan response: the complete list of 128-bit service UUIDs, NUS (little-endian).
+_NUS_AD = b"\x11\x07\x9e\xca\xdc\x24\x0e\xe5\xa9\xe0\x93\xf3\xa3\xb5\x01\x00\x40\x6e"
+
+# States, as AT+BTSTATE names them.
+CONNECTED = "CONNECTED"
+DISCONNECTED = "DISCONNECTED"
+DISCOVERABLE = "DISCOVERABLE"
+
+
+# The Bluetooth address: the board's base MAC + 2, as ESP-IDF derives it; readable without
+# powering the radio.
+def mac():
+    m = bytearray(machine.unique_id())
+    m[5] = (m[5] + 2) & 0xFF
+    return ":".join("{:02x}".format(b) for b in m)
+
+
+def name():
+    return ctx.settings["bt_name"] or "EMW3239_" + mac()[9:].replace(":", "").upper()
+
+
+class Radio:
+    def __init__(self):
+        self.conn = None  # handle of the phone's link, None without one
+        self.secure = False  # the link is authenticated: CONNECTED
+        self.advertising = False
+        self.mtu = 23
+        self.dropped = 0  # received bytes that did not fit the ring
+        self.sink = None  # transparent mode (AT+BTSENDRAW): data goes out raw
+        self._ring = bytearray(_RING)
+        self._ringmv = memoryview(self._ring)
+        self._head = 0  # next byte the IRQ writes
+        self._tail = 0  # next byte _deliver takes
+        self._changes = []  # connection ON/OFF to announce, in order
+        self._readvertise = False
+        self._flag = asyncio.ThreadSafeFlag()
+        ble = self.ble = bluetooth.BLE()
+        ble.active(True)
+        ble.config(
+            gap_name=name(),
+            mtu=_MTU,
+            bond=True,
+            mitm=True,
+            le_secure=True,
+            io=_IO_CAPABILITY_DISPLAY_ONLY,
+        )
+        ble.irq(self._irq)
+        service = (
+            bluetooth.UUID(_NUS),
+            (
+                (bluetooth.UUID(_NUS_TX), _FLAG_NOTIFY),
+                (
+                    bluetooth.UUID(_NUS_RX),
+                    _FLAG_WRITE | _FLAG_WRITE_NO_RESPONSE | _FLAG_WRITE_AUTHENTICATED,
+                ),
+            ),
+        )
+        ((self.tx, self.rx),) = ble.gatts_register_services((service,))
+        ble.gatts_set_buffer(self.rx, _RX_BUF, True)
+        self._task = asyncio.create_task(self._deliver())
+
+    def state(self):
+        if self.secure:
+            return CONNECTED
+        return DISCOVERABLE if self.advertising else DISCONNECTED
+
+    # Connectable advertising with the name (and the NUS UUID in the scan response), or none.
+    def advertise(self, on):
+        self.advertising = on
+        if not on:
+            self.ble.gap_advertise(None)
+            return
+        if self.conn is not None:
+            return  # one phone at a time: advertising resumes when it leaves
+        n = name().encode()
+        adv = bytes((2, 0x01, 0x06, len(n) + 1, 0x09)) + n
+        self.ble.gap_advertise(_ADV_US, adv, resp_data=_NUS_AD)
+
+    def rename(self):
+        self.ble.config(gap_name=name())
+        if self.advertising:
+            self.advertise(True)
+
+    # ----- IRQ side: copy, flag, return
+
+    def _irq(self, event, data):
+        if event == _IRQ_GATTS_WRITE:
+            if data[1] == self.rx:
+                got = self.ble.gatts_read(self.rx)
+                if data[0] == self.conn and self.secure:
+                    self._put(got)
+        elif event == _IRQ_CENTRAL_CONNECT:
+            self.conn = data[0]
+            self.secure = False
+            self.mtu = 23
+        elif event == _IRQ_CENTRAL_DISCONNECT:
+            if data[0] == self.conn:
+                self.conn = None
+                if self.secure:
+                    self.secure = False
+                    self._changes.append(False)
+                self._readvertise = self.advertising
+        elif event == _IRQ_ENCRYPTION_UPDATE:
+            conn, _encrypted, authenticated = data[0], data[1], data[2]
+            if conn == self.conn:
+                if authenticated and not self.secure:
+                    self.secure = True
+                    self._changes.append(True)
+                elif not authenticated:
+                    self.ble.gap_disconnect(conn)  # pairing failed: no serial link
+        elif event == _IRQ_MTU_EXCHANGED:
+            self.mtu = data[1]
+        elif event == _IRQ_PASSKEY_ACTION:
+            conn, action = data[0], data[1]
+            if action == _PASSKEY_ACTION_DISPLAY:
+                self.ble.gap_passkey(conn, action, int(ctx.settings["bt_passkey"]))
+        self._flag.set()
+
+    def _put(self, data):
+        n = len(data)
+        head = self._head
+        if (self._tail - head - 1) % _RING < n:
+            self.dropped += n
+            return
+        k = min(n, _RING - head)
+        self._ring[head : head + k] = data[:k]
+        if k < n:
+            self._ring[: n - k] = data[k:]
+        self._head = (head + n) % _RING
+
+    # ----- task side
+
+    async def _deliver(self):
+        while True:
+            await self._flag.wait()
+            while self._changes:
+                on = self._changes.pop(0)
+                if not on:
+                    await self._flush()  # what came before the link went down first
+                events.emit("BTEVENT", "CONNECTION," + ("ON" if on else "OFF"))
+            await self._flush()
+            if self._readvertise:
+                self._readvertise = False
+                if self.advertising and self.conn is None:
+                    self.advertise(True)
+
+    # Write what is in the ring: +BTEVENT:DATA,<len>,<data> events in command mode with
+    # BTEVENT=EN, the bytes alone otherwise. Never inside a response.
+    async def _flush(self):
+        while self._head != self._tail:
+            if self.sink is None:  # in transparent mode the engine waits for us, not we for it
+                await ctx.serial.until_idle()
+            head, tail = self._head, self._tail
+            end = head if head > tail else _RING
+            mv = self._ringmv[tail:end]
+            if self.sink is not None or not ctx.settings["btevent"]:
+                ctx.serial.raw(mv)
+            else:
+                ctx.serial.push("+BTEVENT:DATA,{},".format(end - tail), mv)
+            self._tail = end % _RING
+
+    # Send data to the phone as notifications of at most MTU-3 bytes, waiting while the
+    # stack's buffers are full (AT+BTSEND, transparent mode).
+    async def send(self, data):
+        off = 0
+        n = len(data)
+        stalled = 0
+        while off < n:
+            if not self.secure:
+                raise AtError(E_STATE, "no phone connected")
+            k = min(self.mtu - 3, n - off)
+            try:
+                self.ble.gatts_notify(self.conn, self.tx, data[off : off + k])
+            except OSError as e:
+                if e.args[0] != _ENOMEM:
+                    raise AtError(E_FAIL, "notify: {}".format(e.args[0]))
+                if stalled >= _SEND_STALL_MS:
+                    raise AtError(E_TIMEOUT, "sent {} of {}".format(off, n))
+                await asyncio.sleep_ms(2)
+                stalled += 2
+                continue
+            off += k
+            stalled = 0
+
+
+radio = None
+
+
+# Power the radio and start serving NUS; advertise if AT+BTDISCOVERY=ON was left on.
+def start():
+    global radio
+    if radio is None:
+        radio = Radio()
+        log.info("bt: {} up".format(mac()))
+        if ctx.settings["bt_on"]:
+            radio.advertise(True)
+    return radio
+
+
+def state():
+    return DISCONNECTED if radio is None else radio.state()

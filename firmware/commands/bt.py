@@ -1,0 +1,127 @@
+# Section 8 of the spec: Bluetooth serial, offered over BLE with the Nordic UART Service
+# (the EMW3239's Classic SPP does not exist in MicroPython's ESP32 bluetooth; see firmware/bt.py).
+#
+# Replies (every form a driver may send answers the same data):
+#   AT+BTNAME[?|=?]       +BTNAME:<name>           AT+BTNAME=<name>: 1..26 bytes (it must fit
+#                                                   the advertising packet with the flags)
+#   AT+BTPASSKEY[?|=?]    +BTPASSKEY:<6 digits>    AT+BTPASSKEY=<6 digits>; next pairing on
+#   AT+BTMAC[?|=?]        +BTMAC:xx:xx:xx:xx:xx:xx (not settable)
+#   AT+BTDISCOVERY[?|=?]  +BTDISCOVERY:ON|OFF      AT+BTDISCOVERY=ON|OFF: connectable
+#                                                   advertising or none; kept across restarts
+#   AT+BTEVENT[?|=?]      +BTEVENT=EN|DN           ("=" as +WEVENT=ON: a "+BTEVENT:" reply
+#                                                   would be taken for an event by drivers)
+#   AT+BTSTATE[?|=?]      +BTSTATE:CONNECTED|DISCONNECTED|DISCOVERABLE
+#   AT+BTSEND=<len>       >, then exactly <len> bytes (1..4096, binary), then OK once every
+#                         byte has left as notifications; ERROR at once without a paired phone
+#   AT+BTSENDRAW          OK, then transparent mode both ways until +++ (starts advertising)
+# Events (gated by AT+BTEVENT, never inside a response):
+#   \r\n+BTEVENT:CONNECTION,ON\r\n    a phone connected and is paired (or bonded and encrypted)
+#   \r\n+BTEVENT:CONNECTION,OFF\r\n   it left
+#   \r\n+BTEVENT:DATA,<len>,<data>\r\n  <data> is exactly <len> raw bytes, as
+#                         +CIPEVENT:SOCKET: read the header up to the second comma, then take
+#                         <len> bytes. With AT+BTEVENT=DN, and in transparent mode, the
+#                         received bytes go to the UART as they are, without framing.
+from firmware import at, bt, ctx, serial
+from firmware.at import AtError
+from firmware.commands.system import reading
+
+
+def _name():
+    return "+BTNAME:" + at.escape(bt.name())
+
+
+def _name_set(p):
+    at.count(p, 1)
+    ctx.settings.set("bt_name", at.text(p, 0, bt.NAME_MAX))
+    if bt.radio is not None:
+        bt.radio.rename()
+
+
+def _passkey():
+    return "+BTPASSKEY:" + ctx.settings["bt_passkey"]
+
+
+def _passkey_set(p):
+    at.count(p, 1)
+    key = p[0] or ""
+    if len(key) != 6 or not key.isdigit():
+        raise AtError(at.E_PARAM, "parameter 1: must be 6 digits")
+    ctx.settings.set("bt_passkey", key)
+
+
+def _mac():
+    return "+BTMAC:" + bt.mac()
+
+
+def _discovery():
+    return "+BTDISCOVERY:" + at.word(ctx.settings["bt_on"])
+
+
+def _discovery_set(p):
+    at.count(p, 1)
+    on = at.on_off(p, 0)
+    if on:
+        bt.start()
+    ctx.settings.set("bt_on", on)
+    if bt.radio is not None:
+        bt.radio.advertise(on)
+
+
+def _event():
+    return "+BTEVENT=" + ("EN" if ctx.settings["btevent"] else "DN")
+
+
+def _event_set(p):
+    at.count(p, 1)
+    ctx.settings.set("btevent", at.choice(p, 0, ("EN", "DN")) == "EN")
+
+
+def _state():
+    return "+BTSTATE:" + bt.state()
+
+
+def _send(p):
+    at.count(p, 1)
+    n = at.integer(p, 0, 1, serial.DATA_MAX)
+    if bt.state() != bt.CONNECTED:
+        raise AtError(at.E_STATE, "no phone connected")
+    return serial.DataPhase(n, bt.radio.send)
+
+
+# Transparent mode both ways, once the OK is out; starts advertising (the spec).
+def _sendraw():
+    r = bt.start()
+    if r.conn is None:
+        r.advertise(True)
+    r.sink = _Sink(r)
+    ctx.serial.after_reply(lambda: ctx.serial.enter_transparent(r.sink))
+
+
+# What the engine gives UART input to in transparent mode, and closes on +++.
+class _Sink:
+    def __init__(self, radio):
+        self.radio = radio
+
+    async def write(self, mv):
+        if self.radio.secure:
+            try:
+                await self.radio.send(mv)
+            except AtError:
+                pass  # the phone left mid-frame: the rest has nowhere to go
+
+    def close(self):
+        self.radio.sink = None
+        if not ctx.settings["bt_on"]:
+            self.radio.advertise(False)
+
+
+COMMANDS = {
+    "BTNAME": (_name, _name, _name_set, _name),
+    "BTPASSKEY": (_passkey, _passkey, _passkey_set, _passkey),
+    "BTMAC": reading(_mac),
+    "BTDISCOVERY": (_discovery, _discovery, _discovery_set, _discovery),
+    "BTEVENT": (_event, _event, _event_set, _event),
+    "BTSTATE": reading(_state),
+    "BTSEND": (None, None, _send, None),
+    "BTSENDRAW": (None, None, None, _sendraw),
+}

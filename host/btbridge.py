@@ -1,0 +1,466 @@
+"""The virtual Bluetooth radio: Google's bumble, in the launcher, behind host/board/bluetooth.py.
+
+Two kinds of client reach it on 127.0.0.1:
+
+- The firmware (MicroPython, host/board/bluetooth.py) connects to the *firmware port*. Each
+  connection is one power-on of the board's radio: a bumble Controller on the shared LocalLink
+  and a bumble Device (host stack: GAP, GATT server, SMP) that the firmware drives through a
+  small binary protocol (below). When the connection closes (reset, power cut), the radio's
+  links drop as a board's would.
+- "Phones" connect to the *HCI port* with bumble's `tcp-client:127.0.0.1:<port>` transport
+  (bumble's apps, scripts, the tests). Each connection gets a fresh Controller on the same
+  LocalLink (the second radio), speaking HCI H4 over the socket; its links drop when it closes.
+
+Frames, both ways: u16 big-endian length of what follows, u8 op, payload.
+Firmware -> bridge:
+  ACTIVE     addr[6] on[1]               -> reply R_ACTIVE
+  CONFIG     JSON {gap_name, mtu, bond, mitm, io, le_secure}
+  ADV        JSON {interval_us (null: stop), adv, resp (hex), connectable}
+  REGISTER   JSON [[svc_uuid, [[uuid, flags, [[desc_uuid, flags]...]]...]]...] -> R_REGISTER
+  NOTIFY     conn u16, handle u16, indicate u8, data
+  WRITE      handle u16, send_update u8, data      (gatts_write: the local value)
+  DISCONNECT conn u16
+  PASSKEY    conn u16, action u8, passkey u32
+  WRITE_ACK  (the firmware's IRQ handler for the last GATTS_WRITE has returned)
+Bridge -> firmware:
+  R_ACTIVE, R_REGISTER (JSON: value handles per service, as gatts_register_services returns)
+  SENT       conn u16, handle u16, indicate u8, status u8   (a NOTIFY left the stack)
+  IRQ        irq u8, payload as the IRQ's data tuple (see host/board/bluetooth.py)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import struct
+from pathlib import Path
+from typing import Any
+
+from bumble import att, core, hci, ll
+from bumble.controller import Controller
+from bumble.device import AdvertisingType, Connection, Device
+from bumble.gatt import Characteristic, Descriptor, Service
+from bumble.host import Host
+from bumble.keys import JsonKeyStore
+from bumble.link import LocalLink
+from bumble.pairing import PairingConfig, PairingDelegate
+from bumble.transport.common import AsyncPipeSink, StreamPacketSource
+
+log = logging.getLogger("btbridge")
+
+# Ops (firmware -> bridge)
+ACTIVE, CONFIG, ADV, REGISTER, NOTIFY, WRITE, DISCONNECT, PASSKEY, WRITE_ACK = range(1, 10)
+# Ops (bridge -> firmware)
+R_ACTIVE, R_REGISTER, SENT, IRQ = 0x81, 0x84, 0x85, 0x90
+
+# MicroPython's bluetooth IRQ codes
+IRQ_CENTRAL_CONNECT = 1
+IRQ_CENTRAL_DISCONNECT = 2
+IRQ_GATTS_WRITE = 3
+IRQ_MTU_EXCHANGED = 21
+IRQ_ENCRYPTION_UPDATE = 28
+IRQ_PASSKEY_ACTION = 31
+PASSKEY_ACTION_DISPLAY = 3
+
+# MicroPython's characteristic flags
+F_READ, F_WRITE_NR, F_WRITE = 0x0002, 0x0004, 0x0008
+F_READ_ENC, F_READ_AUTH = 0x0200, 0x0400
+F_WRITE_ENC, F_WRITE_AUTH = 0x1000, 0x2000
+
+TERMINATED = hci.HCI_ErrorCode.REMOTE_USER_TERMINATED_CONNECTION_ERROR
+TIMEOUT = hci.HCI_ErrorCode.CONNECTION_TIMEOUT_ERROR
+
+
+def frame(op: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">HB", len(payload) + 1, op) + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readexactly(2)
+    body = await reader.readexactly(struct.unpack(">H", head)[0])
+    return body[0], body[1:]
+
+
+# Drop every LE link of a controller (its radio went away), telling the peers, then take it
+# off the link.
+def unplug(link: LocalLink, controller: Controller, reason: int = TIMEOUT) -> None:
+    for connection in list(controller.le_connections.values()):
+        with contextlib.suppress(Exception):
+            connection.send_ll_control_pdu(ll.TerminateInd(reason))
+        controller.le_connections.pop(connection.peer_address, None)
+    controller.le_legacy_advertiser.stop()
+    with contextlib.suppress(KeyError):
+        link.remove_controller(controller)
+
+
+class Link(LocalLink):
+    """bumble's LocalLink, but LE data carries the sender's address on that connection.
+
+    (LocalLink always uses the sender's random address, so a peripheral advertising with its
+    public address, as the ESP32 does, could not be answered.)
+    """
+
+    def send_acl_data(self, sender_controller, destination_address, transport, data):
+        if transport != core.PhysicalTransport.LE:
+            return super().send_acl_data(sender_controller, destination_address, transport, data)
+        connection = sender_controller.le_connections.get(destination_address)
+        source = connection.self_address if connection else sender_controller.random_address
+        destination = self.find_le_controller(destination_address)
+        if destination is not None:
+            asyncio.get_running_loop().call_soon(
+                destination.on_link_acl_data, source, transport, data
+            )
+        return None
+
+
+class WriterSink:
+    """A controller's HCI output, H4-framed, to a phone's socket."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+
+    def on_packet(self, packet: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(packet)
+
+
+class Delegate(PairingDelegate):
+    """The module's side of pairing: the firmware supplies the passkey it displays."""
+
+    def __init__(self, session: FirmwareSession, connection: Connection, io: int) -> None:
+        super().__init__(io_capability=PairingDelegate.IoCapability(io))
+        self.session = session
+        self.connection = connection
+
+    async def generate_passkey(self) -> int:
+        return await self.session.ask_passkey(self.connection, PASSKEY_ACTION_DISPLAY)
+
+    async def display_number(self, number: int, digits: int) -> None:
+        pass
+
+
+class FirmwareSession:
+    """One power-on of the module's radio: a controller and a bumble Device it drives."""
+
+    def __init__(self, bridge: BtBridge, reader, writer) -> None:
+        self.bridge = bridge
+        self.reader = reader
+        self.writer = writer
+        self.controller: Controller | None = None
+        self.device: Device | None = None
+        self.cfg: dict[str, Any] = {"mtu": 23, "bond": True, "mitm": False, "io": 3}
+        self.cfg["le_secure"] = True
+        self.values: dict[int, bytes] = {}  # local values of the firmware's characteristics
+        self.write_acks: asyncio.Queue[None] = asyncio.Queue()
+        self.passkeys: dict[int, asyncio.Future[int]] = {}
+        self.tx_lock = asyncio.Lock()
+        self.tasks: set[asyncio.Task] = set()
+        self.outbox: asyncio.Queue[tuple[int, int, int, bytes]] = asyncio.Queue()
+        self.spawn(self.sender())
+
+    def send(self, op: int, payload: bytes = b"") -> None:
+        if not self.writer.is_closing():
+            self.writer.write(frame(op, payload))
+
+    def irq(self, code: int, payload: bytes = b"") -> None:
+        self.send(IRQ, bytes([code]) + payload)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                op, payload = await read_frame(self.reader)
+                try:
+                    await self.handle(op, payload)
+                except Exception:  # a bad request must not take the radio down
+                    log.exception("bt bridge: op %d failed", op)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for f in self.passkeys.values():
+            if not f.done():
+                f.cancel()
+        if self.controller is not None:
+            unplug(self.bridge.link, self.controller)
+            self.controller = None
+        self.writer.close()
+
+    def spawn(self, coro) -> None:
+        t = asyncio.ensure_future(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    async def handle(self, op: int, p: bytes) -> None:
+        if op == ACTIVE:
+            await self.activate(p[:6], bool(p[6]))
+            self.send(R_ACTIVE)
+        elif op == CONFIG:
+            self.cfg.update(json.loads(p))
+            if self.device is not None:
+                self.device.gatt_server.max_mtu = max(23, int(self.cfg["mtu"]))
+        elif op == ADV:
+            await self.advertise(json.loads(p))
+        elif op == REGISTER:
+            self.send(R_REGISTER, json.dumps(self.register(json.loads(p))).encode())
+        elif op == NOTIFY:
+            conn, handle, indicate = struct.unpack_from(">HHB", p)
+            self.outbox.put_nowait((conn, handle, indicate, p[5:]))
+        elif op == WRITE:
+            handle, _update = struct.unpack_from(">HB", p)
+            self.values[handle] = p[3:]
+        elif op == DISCONNECT:
+            (conn,) = struct.unpack_from(">H", p)
+            c = self.device.connections.get(conn) if self.device else None
+            if c is not None:
+                self.spawn(c.disconnect(TERMINATED))
+        elif op == PASSKEY:
+            conn, _action, key = struct.unpack_from(">HBI", p)
+            f = self.passkeys.pop(conn, None)
+            if f is not None and not f.done():
+                f.set_result(key)
+        elif op == WRITE_ACK:
+            self.write_acks.put_nowait(None)
+
+    async def activate(self, addr: bytes, on: bool) -> None:
+        if self.controller is not None:
+            unplug(self.bridge.link, self.controller)
+            self.controller = self.device = None
+        if not on:
+            return
+        text = ":".join(f"{b:02X}" for b in addr)
+        address = hci.Address(text, hci.Address.PUBLIC_DEVICE_ADDRESS)
+        self.controller = Controller("module", link=self.bridge.link, public_address=address)
+        host = Host(self.controller, AsyncPipeSink(self.controller))
+        dev = Device(name=self.cfg.get("gap_name") or "MPY", address=address, host=host)
+        dev.keystore = JsonKeyStore(None, str(self.bridge.state_dir / "bt_keys.json"))
+        dev.gatt_server.max_mtu = max(23, int(self.cfg["mtu"]))
+        dev.pairing_config_factory = lambda c: PairingConfig(
+            sc=bool(self.cfg.get("le_secure")),
+            mitm=bool(self.cfg.get("mitm")),
+            bonding=bool(self.cfg.get("bond")),
+            delegate=Delegate(self, c, int(self.cfg.get("io", 3))),
+        )
+        dev.on(dev.EVENT_CONNECTION, self.on_connection)
+        self.device = dev
+        await dev.power_on()
+
+    async def advertise(self, a: dict[str, Any]) -> None:
+        dev = self.device
+        if dev is None:
+            return
+        if dev.is_advertising:
+            await dev.stop_advertising()
+        if a.get("interval_us") is None:
+            return
+        kind = (
+            AdvertisingType.UNDIRECTED_CONNECTABLE_SCANNABLE
+            if a.get("connectable", True)
+            else AdvertisingType.UNDIRECTED_SCANNABLE
+        )
+        ms = max(20.0, a["interval_us"] / 1000)
+        await dev.start_advertising(
+            advertising_type=kind,
+            own_address_type=hci.OwnAddressType.PUBLIC,
+            advertising_data=bytes.fromhex(a.get("adv") or ""),
+            scan_response_data=bytes.fromhex(a.get("resp") or ""),
+            advertising_interval_min=ms,
+            advertising_interval_max=ms,
+        )
+
+    # Build the GATT database as NimBLE would, and return the value handles in the order
+    # gatts_register_services does: per service, per characteristic its value then its
+    # descriptors.
+    def register(self, services: list) -> list[list[int]]:
+        dev = self.device
+        built = []
+        for svc_uuid, chars in services:
+            cs = []
+            for uuid, flags, descs in chars:
+                c = Characteristic(
+                    uuid, flags & 0xFF, self.permissions(flags), self.value_of(flags)
+                )
+                c.descriptors = [
+                    Descriptor(d_uuid, self.permissions(d_flags), self.value_of(d_flags))
+                    for d_uuid, d_flags in descs
+                ]
+                cs.append(c)
+            built.append((Service(svc_uuid, cs), cs))
+        handles = []
+        for svc, cs in built:
+            dev.add_service(svc)
+            row = []
+            for c in cs:
+                row.append(c.handle)
+                row.extend(d.handle for d in c.descriptors)
+            handles.append(row)
+        return handles
+
+    @staticmethod
+    def permissions(flags: int) -> int:
+        p = 0
+        if flags & (F_READ | F_READ_ENC | F_READ_AUTH):
+            p |= att.Attribute.READABLE
+        if flags & (F_WRITE | F_WRITE_NR | F_WRITE_ENC | F_WRITE_AUTH):
+            p |= att.Attribute.WRITEABLE
+        if flags & F_READ_ENC:
+            p |= att.Attribute.READ_REQUIRES_ENCRYPTION
+        if flags & F_READ_AUTH:
+            p |= att.Attribute.READ_REQUIRES_AUTHENTICATION
+        if flags & F_WRITE_ENC:
+            p |= att.Attribute.WRITE_REQUIRES_ENCRYPTION
+        if flags & F_WRITE_AUTH:
+            p |= att.Attribute.WRITE_REQUIRES_AUTHENTICATION
+        return p
+
+    def value_of(self, _flags: int) -> att.AttributeValue:
+        holder: dict[str, int] = {}
+
+        def read(_conn: Connection) -> bytes:
+            return self.values.get(holder.get("h", 0), b"")
+
+        # NimBLE copies the value, calls the firmware's IRQ handler (ESP32: synchronously,
+        # the stack's task waits for it), then answers the write: so does the bridge.
+        async def write(conn: Connection, value: bytes) -> None:
+            async with self.tx_lock:
+                handle = holder["h"]
+                self.values[handle] = bytes(value)
+                while not self.write_acks.empty():
+                    self.write_acks.get_nowait()
+                self.irq(IRQ_GATTS_WRITE, struct.pack(">HH", conn.handle, handle) + value)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.write_acks.get(), 5)
+
+        v = att.AttributeValue(read, write)
+        v.holder = holder  # type: ignore[attr-defined]
+        return v
+
+    def on_connection(self, c: Connection) -> None:
+        # Fill in each attribute's own handle for its value callbacks.
+        for a in self.device.gatt_server.attributes:
+            holder = getattr(a.value, "holder", None)
+            if holder is not None:
+                holder["h"] = a.handle
+        addr = bytes(reversed(bytes(c.peer_address)))
+        self.irq(
+            IRQ_CENTRAL_CONNECT, struct.pack(">HB", c.handle, c.peer_address.address_type) + addr
+        )
+
+        def on_disconnection(_reason: int) -> None:
+            f = self.passkeys.pop(c.handle, None)
+            if f is not None and not f.done():
+                f.cancel()
+            self.irq(
+                IRQ_CENTRAL_DISCONNECT,
+                struct.pack(">HB", c.handle, c.peer_address.address_type) + addr,
+            )
+
+        def on_mtu(*_: Any) -> None:
+            self.irq(IRQ_MTU_EXCHANGED, struct.pack(">HH", c.handle, c.att_mtu))
+
+        def on_security(*_: Any) -> None:
+            bonded = bool(c.authenticated and self.cfg.get("bond"))
+            self.irq(
+                IRQ_ENCRYPTION_UPDATE,
+                struct.pack(
+                    ">HBBBB",
+                    c.handle,
+                    int(bool(c.is_encrypted)),
+                    int(bool(c.authenticated)),
+                    int(bonded),
+                    16 if c.is_encrypted else 0,
+                ),
+            )
+
+        c.on(c.EVENT_DISCONNECTION, on_disconnection)
+        c.on(c.EVENT_CONNECTION_ATT_MTU_UPDATE, on_mtu)
+        c.on(c.EVENT_CONNECTION_ENCRYPTION_CHANGE, on_security)
+        c.on(c.EVENT_PAIRING_FAILURE, on_security)
+
+    async def ask_passkey(self, c: Connection, action: int) -> int:
+        f = asyncio.get_running_loop().create_future()
+        self.passkeys[c.handle] = f
+        self.irq(IRQ_PASSKEY_ACTION, struct.pack(">HBI", c.handle, action, 0))
+        return await asyncio.wait_for(f, 30)
+
+    # Notifications leave in the order the firmware sent them.
+    async def sender(self) -> None:
+        while True:
+            await self.notify(*(await self.outbox.get()))
+
+    async def notify(self, conn: int, handle: int, indicate: int, data: bytes) -> None:
+        status = 0
+        try:
+            c = self.device.connections.get(conn) if self.device else None
+            attr = self.device.gatt_server.get_attribute(handle) if self.device else None
+            if c is None or attr is None:
+                status = 1
+            elif indicate:
+                await self.device.gatt_server.indicate_subscriber(c, attr, data, force=True)
+            else:
+                await self.device.gatt_server.notify_subscriber(c, attr, data, force=True)
+        except Exception as e:  # the link went down meanwhile
+            log.debug("notify failed: %r", e)
+            status = 1
+        self.send(SENT, struct.pack(">HHBB", conn, handle, indicate, status))
+
+
+class BtBridge:
+    """Both servers and the LocalLink they share."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.link = Link()
+        self.fw_port = self.hci_port = 0
+        self.servers: list[asyncio.base_events.Server] = []
+        self.sessions: set[FirmwareSession] = set()
+        self.phones = 0
+
+    async def start(self) -> None:
+        fw = await asyncio.start_server(self.on_firmware, "127.0.0.1", 0)
+        phone = await asyncio.start_server(self.on_phone, "127.0.0.1", 0)
+        self.servers = [fw, phone]
+        self.fw_port = fw.sockets[0].getsockname()[1]
+        self.hci_port = phone.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        for s in self.servers:
+            s.close()
+        for s in list(self.sessions):
+            s.close()
+
+    async def on_firmware(self, reader, writer) -> None:
+        session = FirmwareSession(self, reader, writer)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    async def on_phone(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.phones += 1
+        source = StreamPacketSource()
+        # A phone of its own address (bumble's Device uses its random address for LE anyway).
+        address = hci.Address(
+            f"F0:00:00:00:{self.phones >> 8 & 0xFF:02X}:{self.phones & 0xFF:02X}"
+        )
+        controller = Controller(
+            f"phone{self.phones}",
+            host_source=source,
+            host_sink=WriterSink(writer),
+            link=self.link,
+            public_address=address,
+        )
+        try:
+            while data := await reader.read(65536):
+                source.data_received(data)
+        except ConnectionError:
+            pass
+        finally:
+            unplug(self.link, controller, TERMINATED)
+            writer.close()

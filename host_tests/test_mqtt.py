@@ -148,16 +148,6 @@ def mqtt_event(word: str) -> str:
 
 
 @pytest.fixture
-def module(tmp_path: Path) -> Iterator[Module]:
-    m = Module(tmp_path / "state")
-    try:
-        m.sync()
-        yield m
-    finally:
-        m.stop()
-
-
-@pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     with Broker(tmp_path) as b:
         yield b

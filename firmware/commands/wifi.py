@@ -83,11 +83,14 @@ def _sap_query():
     return "+WSAP:{},{}".format(at.escape(ssid), at.escape(key))
 
 
-def _sap_set(p):
+# <ssid>[,<key>] of AT+WSAP= and AT+WJAP=.
+def _credentials(p):
     at.count(p, 1, 2)
-    ssid = at.text(p, 0, _SSID_MAX)
-    key = at.text(p, 1, _KEY_MAX, least=0)
-    ctx.settings.update({"ap": [ssid, key], "ap_on": True})
+    return [at.text(p, 0, _SSID_MAX), at.text(p, 1, _KEY_MAX, least=0)]
+
+
+def _sap_set(p):
+    ctx.settings.update({"ap": _credentials(p), "ap_on": True})
     wifi.softap.start()
 
 
@@ -130,10 +133,7 @@ def _jap_live():
 
 # Store the credentials and start joining; the outcome arrives as +WEVENT (wire notes).
 def _jap_set(p):
-    at.count(p, 1, 2)
-    ssid = at.text(p, 0, _SSID_MAX)
-    key = at.text(p, 1, _KEY_MAX, least=0)
-    ctx.settings.update({"sta": [ssid, key], "sta_on": True})
+    ctx.settings.update({"sta": _credentials(p), "sta_on": True})
     wifi.station.join()
 
 

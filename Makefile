@@ -12,7 +12,7 @@ PORT ?= /dev/ttyUSB0
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBS := mosquitto mosquitto-clients picocom
+DEBS := mosquitto mosquitto-clients picocom chromium chromium-driver
 
 # Board image: firmware/ and lib/ compiled to .mpy for the ESP32 (xtensawin); boot.py and
 # main.py stay source, as the board runs them.
@@ -42,8 +42,8 @@ run: $(STAMP)
 		$(if $(PACE),--pace)
 
 # pytest exits 5 when no test ran: make reports that as a failure too.
-test: $(STAMP) deps
-	$(PY) -m pytest host_tests -q --timeout=120
+test: $(STAMP) deps lint
+	$(PY) -m pytest host_tests -q --timeout=180
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -58,14 +58,23 @@ build/board/%.py: %.py
 	@mkdir -p $(@D)
 	cp $< $@
 
+# An OTA release for an update server (docs/OTA.md): make release VERSION=esp32_AT_v2.0.1
+# [IMAGE=micropython.bin] -> build/release/<VERSION>/ and build/release/manifest.json.
+.PHONY: release
+release: $(STAMP)
+	$(PY) tools/release.py $(VERSION) --out build/release $(if $(IMAGE),--image $(IMAGE))
+
 $(VENV)/bin/mpremote: $(STAMP)
 	$(PY) -m pip install -q mpremote==1.29.0
 
 flash: build $(VENV)/bin/mpremote
 	cd build/board && ../../$(VENV)/bin/mpremote connect $(PORT) fs cp -r * : + reset
 
-bench: $(STAMP)
+# Latency, heap and socket throughput; MQTT rate and latency beside mosquitto_pub; BLE throughput.
+bench: $(STAMP) deps
 	$(PY) -m host_tests.bench
+	$(PY) -m host_tests.bench_mqtt
+	$(PY) -m host_tests.bench_bt
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -1,7 +1,14 @@
 # Unsolicited result codes: "+<KIND>:<params>", each gated by its own ON/OFF setting.
 from firmware import ctx
 
-_GATES = {"WEVENT": "wevent", "CIPEVENT": "cipevent", "MQTTEVENT": "mqttevent", "BTEVENT": "btevent"}
+# The setting that turns each kind on; AT+WEVENT also covers the provisioning event.
+_GATES = {
+    "WEVENT": "wevent",
+    "CIPEVENT": "cipevent",
+    "MQTTEVENT": "mqttevent",
+    "BTEVENT": "btevent",
+    "SMARTEVENT": "wevent",
+}
 
 
 def emit(kind, params):

@@ -7,6 +7,7 @@ import socket
 from micropython import const
 
 from firmware import certs, ctx, events, log, settings, wifi
+from firmware.aio import readable, writable
 from firmware.at import E_FAIL, E_PARAM, E_STATE, E_TIMEOUT, E_UNSUPPORTED, AtError
 
 TYPES = ("tcp_server", "tcp_client", "ssl_client", "udp_broadcast", "udp_unicast")
@@ -45,16 +46,6 @@ settings.defaults(
 
 _rx = bytearray(CHUNK)  # the one receive buffer of push mode: read, then pushed at once
 _rxmv = memoryview(_rx)
-
-
-# Wait until a socket is readable / writable: what asyncio's Stream does inside (there is no
-# public form, and UDP sockets need recvfrom, which Stream does not offer).
-async def _readable(s):
-    yield asyncio.core._io_queue.queue_read(s)
-
-
-async def _writable(s):
-    yield asyncio.core._io_queue.queue_write(s)
 
 
 # One connected stream (a client link's socket, or one client of a server) and its pull buffer.
@@ -100,11 +91,22 @@ class Link:
 
     # --- starting and stopping
 
+    # Servers and UDP links bind here, so that OK means listening and a port in use is ERROR.
     def start(self, typ, host, rport, lport):
         self.type = typ
         self.host, self.rport, self.lport = host, rport, lport
-        self.state = CONNECTING
         self.error = ""
+        try:
+            if typ == "tcp_server":
+                self._listen()
+            elif typ.startswith("udp"):
+                self._bind_udp()
+        except OSError as e:
+            if self.sock is not None:
+                self.sock.close()
+                self.sock = None
+            raise AtError(E_FAIL, "cannot bind port {}: {}".format(lport, _reason(e)))
+        self.state = CONNECTING
         self.task = asyncio.create_task(self._run())
 
     def stop(self):
@@ -181,7 +183,7 @@ class Link:
         except OSError as e:
             if e.errno != errno.EINPROGRESS:
                 raise
-        await asyncio.wait_for_ms(_writable(s), _CONNECT_MS)
+        await asyncio.wait_for_ms(writable(s), _CONNECT_MS)
         try:  # a second connect() tells how the first one ended
             s.connect(self.addr)
         except OSError as e:
@@ -224,16 +226,21 @@ class Link:
         t.setblocking(False)
         return t
 
-    async def _serve(self):
+    def _listen(self):
         s = socket.socket()
         self.sock = s
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(socket.getaddrinfo("0.0.0.0", self.lport)[0][-1])
         s.listen(_CLIENTS_MAX)
         s.setblocking(False)
+
+    async def _serve(self):
+        if self.sock is None:
+            self._listen()
+        s = self.sock
         self.state = CONNECTED
         while True:
-            await _readable(s)
+            await readable(s)
             c, addr = s.accept()
             ip, port = _ip_port(addr)
             if len(self.peers) >= _CLIENTS_MAX:
@@ -263,7 +270,7 @@ class Link:
     async def _pump(self, peer):
         s = peer.sock
         while True:
-            await _readable(s)
+            await readable(s)
             if ctx.serial.sink is self:  # transparent mode: raw bytes, no framing
                 n = s.readinto(_rx)
                 if n:
@@ -290,7 +297,7 @@ class Link:
             peer.n += n
         return n
 
-    async def _udp(self):
+    def _bind_udp(self):
         self.addr = socket.getaddrinfo(self.host, self.rport)[0][-1]  # blocking: DNS
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock = s
@@ -299,12 +306,17 @@ class Link:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         s.bind(socket.getaddrinfo("0.0.0.0", self.lport)[0][-1])
         s.setblocking(False)
+
+    async def _udp(self):
+        if self.sock is None:
+            self._bind_udp()
+        s = self.sock
         self.udp = Peer(s, self.host, self.rport)
         self.peers = [self.udp]
         self.state = CONNECTED
         events.emit("CIPEVENT", "{},UDP,CONNECTED".format(self.id))
         while True:
-            await _readable(s)
+            await readable(s)
             if ctx.serial.sink is not self and ctx.settings["recvcfg"]:
                 await ctx.serial.until_idle()
             data, addr = s.recvfrom(CHUNK)
@@ -336,8 +348,8 @@ class Link:
 
     # The peer data goes to: the client of a tcp_server with that remote port, else the one.
     def peer(self, port):
-        if self.state == CLOSE:
-            raise AtError(E_STATE, "link {} is not started".format(self.id))
+        if self.state not in (CONNECTED, CONNECTING):
+            raise AtError(E_STATE, "link {} is {}".format(self.id, self.state))
         if self.type == "tcp_server":
             for p in self.peers:
                 if p.port == port:
@@ -364,7 +376,7 @@ class Link:
                 raise AtError(E_FAIL, "send: " + _reason(e))
             if n is None:
                 try:
-                    await asyncio.wait_for_ms(_writable(s), _SEND_WAIT_MS)
+                    await asyncio.wait_for_ms(writable(s), _SEND_WAIT_MS)
                 except asyncio.TimeoutError:
                     raise AtError(E_TIMEOUT, "send: peer does not take data")
             else:

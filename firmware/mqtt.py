@@ -19,11 +19,11 @@ import asyncio
 import errno
 import socket
 import time
-from asyncio import core
 
 from micropython import const
 
 from firmware import at, certs, ctx, events, log, settings, wifi
+from firmware.aio import readable, writable
 
 SUBS = const(6)  # subscription ids 0-5
 TOPIC_MAX = const(256)  # bytes of a topic or topic filter
@@ -125,15 +125,6 @@ def _match(filt, topic):
         if i >= len(t) or (x != "+" and x != t[i]):
             return False
     return len(f) == len(t)
-
-
-# async: until the socket can be read / written, as asyncio's own streams wait
-def _readable(s):
-    yield core._io_queue.queue_read(s)
-
-
-def _writable(s):
-    yield core._io_queue.queue_write(s)
 
 
 # A 2-byte length, then the bytes (an MQTT string)
@@ -302,7 +293,7 @@ class Session:
             except OSError as e:
                 if e.args[0] != errno.EINPROGRESS:
                     raise
-            await _writable(s)
+            await writable(s)
             if tls is not None:
                 s = tls.wrap_socket(s, server_hostname=host, do_handshake_on_connect=False)
             await _send(s, pkt)  # on TLS the first write runs the handshake
@@ -408,7 +399,7 @@ class Session:
         s = c.sock
         try:
             while True:
-                await _readable(s)
+                await readable(s)
                 self._busy = True
                 while True:
                     await ctx.serial.until_idle()
@@ -572,7 +563,7 @@ async def _recv(s, n):
                 raise
             r = None
         if r is None:
-            await _readable(s)
+            await readable(s)
         elif r == 0:
             raise OSError(-1)  # closed by the broker
         else:

@@ -6,6 +6,7 @@ import gc
 from micropython import const
 
 from firmware import at, log
+from firmware.aio import readable
 from firmware.at import AtError
 
 LINE_MAX = const(1024)  # longest command line; a longer one is answered ERROR
@@ -49,16 +50,16 @@ class Serial:
         self._idle = asyncio.Event()  # set while no response is open
         self._idle.set()
         self._after = None  # called once the current response is out (reboot)
+        self.replied = asyncio.Event()  # set by the first OK: this firmware works (OTA)
         self.last_error = (0, "")
         self.sink = None  # transparent mode: where UART frames go (an object with write/close)
         self._quiet = False  # transparent mode: the line was idle before the current frame
 
     # Read and act on the UART forever.
     async def run(self):
-        reader = asyncio.StreamReader(self._uart)
         mv = self._rxmv
         while True:
-            n = await self._read(reader)
+            n = await self._read()
             i = 0
             while i < n:
                 if self.sink is not None:
@@ -69,22 +70,26 @@ class Serial:
                     i = await self._take_data(mv, i, n)
 
     # Bytes into _rx. A data phase gives up after _DATA_IDLE_MS of silence; transparent mode
-    # cuts a frame after the AT+UARTFOMAT idle time.
-    async def _read(self, reader):
+    # cuts a frame after the AT+UARTFOMAT idle time. Only the wait is timed, never the read.
+    async def _read(self):
         if self.sink is not None:
             timeout = self._settings["uartfomat"][1]
         elif self._phase is not None:
             timeout = _DATA_IDLE_MS
         else:
-            return await reader.readinto(self._rx) or 0
+            timeout = 0
         try:
-            return await asyncio.wait_for_ms(reader.readinto(self._rx), timeout) or 0
+            if timeout:
+                await asyncio.wait_for_ms(readable(self._uart), timeout)
+            else:
+                await readable(self._uart)
         except asyncio.TimeoutError:
             if self.sink is not None:
                 await self._frame_idle()
             else:
                 self._data_timeout()
             return 0
+        return self._uart.readinto(self._rx) or 0
 
     # Command mode: add rx[i:n] to the line up to its terminator (\r or \n); echo what is
     # taken as it arrives. Returns the index after what was taken.
@@ -234,6 +239,7 @@ class Serial:
                 u.write(line)
             u.write(_CRLF)
         u.write(_OK)
+        self.replied.set()
         self._end()
 
     def _fail(self, e):

@@ -17,12 +17,12 @@ import errno
 import os
 import socket
 import time
-from asyncio import core
 
 import machine
 from micropython import const
 
 from firmware import at, ctx, settings, wifi
+from firmware.aio import readable
 
 _PORT = const(123)
 _WAIT_MS = const(2000)  # per server: AT+SNTPTIME fails within about 2 x this
@@ -149,11 +149,6 @@ async def sync():
     raise at.AtError(code, "; ".join(why) if why else "no server")
 
 
-# async: until the socket can be read, as asyncio's own streams wait
-def _readable(s):
-    yield core._io_queue.queue_read(s)
-
-
 # One request to one server, its reply checked; the time at reception as (secs, us).
 async def _ask(host, port):
     try:
@@ -183,7 +178,7 @@ async def _ask(host, port):
             if left <= 0:
                 raise at.AtError(at.E_TIMEOUT, "no answer")
             try:
-                await asyncio.wait_for_ms(_readable(s), left)
+                await asyncio.wait_for_ms(readable(s), left)
             except asyncio.TimeoutError:
                 raise at.AtError(at.E_TIMEOUT, "no answer")
         rtt = time.ticks_diff(time.ticks_us(), t1)

@@ -507,7 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--link", default="build/uart", help="symlink to the pty (default build/uart)")
     p.add_argument("--state", default="build/state", help="state folder (flash image, logs...)")
     p.add_argument("--world", default=None, help="world file copied to STATE/world.json")
-    p.add_argument("--heap", default="110k", type=parse_heap, help="the ESP32 heap to model (scaled for the 64-bit VM)")
+    p.add_argument(
+        "--heap",
+        default="110k",
+        type=parse_heap,
+        help="the ESP32 heap to model (scaled for the 64-bit VM)",
+    )
     p.add_argument("--pace", action="store_true", help="relay at the configured baud rate")
     p.add_argument("--root", default=None, help="folder holding boot.py/main.py (default: repo)")
     p.add_argument("--stdin-stop", action="store_true", help="stop when stdin reaches EOF")

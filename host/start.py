@@ -3,7 +3,8 @@
 # Run by host/launcher.py as `micropython -X heapsize=... host/start.py` with EMW_* variables
 # set. It puts host/board first on the module path (machine, network, esp32... stand-ins), mounts
 # the flash image STATE/flash.img at /flash, makes it the current directory as on the board, then
-# runs boot.py and main.py from EMW_ROOT like the board's firmware does.
+# runs boot.py and main.py (from the flash image if it holds them, else from EMW_ROOT) like the
+# board's firmware does.
 
 import gc
 import os
@@ -48,14 +49,16 @@ class FileBlockDev:
         return 0  # INIT, DEINIT, SYNC
 
 
+# Run a script if it exists; False if it does not.
 def _run(path):
     try:
         f = open(path)
     except OSError:
-        return
+        return False
     code = compile(f.read(), path, "exec")
     f.close()
     exec(code, {"__name__": "__main__", "__file__": path})
+    return True
 
 
 # On the board, machine, network, esp32 are C modules and umqtt is frozen: they cost no heap.
@@ -118,8 +121,15 @@ def main():
     vfs.mount(fs, "/flash")
     os.chdir("/flash")
 
-    _run(root + "/boot.py")
-    _run(root + "/main.py")
+    # The bootloader picks the app partition (OTA rollback, see board/esp32.py). Then, as on
+    # the board, boot.py and main.py from the flash filesystem, or the repository's when the
+    # image has none (the usual case): boot.py puts the firmware tree an OTA installed first on
+    # sys.path; without one, the repository's compiled tree runs (the factory version).
+    import esp32
+
+    esp32._bootloader()
+    _run("boot.py") or _run(root + "/boot.py")
+    _run("main.py") or _run(root + "/main.py")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,115 @@ def echo_server() -> int:
     return srv.getsockname()[1]
 
 
+TOTAL = 256 * 1024  # bytes per throughput run
+CHUNK = 1024
+
+
+def relay_throughput(pace: bool) -> float:
+    """Bytes/s of lines echoed by the bare relay (the fake echo firmware), same pty path."""
+    with Module(root=REPO / "host_tests" / "fake_fw", world=None, pace=pace) as m:
+        m.wait_booted(1)
+        if pace:
+            m.write(b"!baud 921600\n")
+            m.read_until(b"baud ok\n")
+        line = b"x" * (CHUNK - 1) + b"\n"
+        t = time.perf_counter()
+        got = 0
+        for _ in range(TOTAL // CHUNK):
+            m.write(line)
+            got += len(m.read_until(b"\n", timeout=10))
+        return got / (time.perf_counter() - t)
+
+
+def socket_module(pace: bool) -> Module:
+    m = Module(pace=pace)
+    m.sync()
+    m.cmd("AT+UARTE=OFF")
+    if pace:
+        m.cmd("AT+UART=921600,8,1,NONE,NONE")
+        m.cmd("AT+REBOOT")
+        m.sync()
+    m.cmd("AT+WJAP=EMW-TEST,12345678")
+    m.read_until(b"STATION_UP\r\n", timeout=10)
+    m.cmd(f"AT+CIPSTART=0,tcp_client,127.0.0.1,{echo_server()}")
+    m.read_until(b"CONNECTED\r\n")
+    return m
+
+
+class Wire:
+    """Parses what the module sends in order: prompts, OKs, +CIPEVENT:SOCKET,0 payloads."""
+
+    EVENT = b"\r\n+CIPEVENT:SOCKET,0,"
+
+    def __init__(self, m: Module) -> None:
+        self.m = m
+        self.prompts = self.oks = self.data = 0
+
+    def until(self, prompts: int = 0, oks: int = 0, data: int = 0) -> None:
+        buf = self.m._buf
+        while self.prompts < prompts or self.oks < oks or self.data < data:
+            if buf.startswith(b">"):
+                del buf[:1]
+                self.prompts += 1
+            elif buf.startswith(OK):
+                del buf[:6]
+                self.oks += 1
+            elif buf.startswith(self.EVENT) and buf.find(b",", len(self.EVENT)) > 0:
+                comma = buf.find(b",", len(self.EVENT))
+                n = int(buf[len(self.EVENT) : comma])
+                end = comma + 1 + n + 2
+                if len(buf) < end:
+                    self.m._fill(10)
+                    continue
+                del buf[:end]
+                self.data += n
+            elif len(buf) >= len(self.EVENT) and not self.EVENT.startswith(bytes(buf[:2])):
+                raise AssertionError(f"unexpected output {bytes(buf[:40])!r}")
+            elif not self.m._fill(10):
+                raise TimeoutError(f"stalled at {bytes(buf[:40])!r}")
+
+
+def cipsend_throughput(pace: bool) -> tuple[float, int]:
+    with socket_module(pace) as m:
+        wire = Wire(m)
+        data = bytes(range(256)) * (CHUNK // 256)
+        t = time.perf_counter()
+        for i in range(1, TOTAL // CHUNK + 1):
+            m.write(b"AT+CIPSEND=0,%d\r" % CHUNK)
+            wire.until(prompts=i)
+            m.write(data)
+            wire.until(oks=i)
+        wire.until(data=TOTAL)
+        return TOTAL / (time.perf_counter() - t), TOTAL - wire.data
+
+
+def transparent_throughput(pace: bool) -> tuple[float, int]:
+    with socket_module(pace) as m:
+        m.cmd("AT+UARTFOMAT=1024,50")
+        m.cmd("AT+CIPSENDRAW")
+        data = bytes(range(256)) * (CHUNK // 256)
+        t = time.perf_counter()
+        got = 0
+        for _ in range(TOTAL // CHUNK):
+            m.write(data)
+            while len(m._buf) < CHUNK:
+                m._fill(10)
+            del m._buf[:CHUNK]
+            got += CHUNK
+        return TOTAL / (time.perf_counter() - t), TOTAL - got
+
+
 def main() -> int:
+    throughput = []
+    for pace in (False, True):
+        base = relay_throughput(pace)
+        for name, run in (
+            ("CIPSEND 1024", cipsend_throughput),
+            ("transparent", transparent_throughput),
+        ):
+            rate, lost = run(pace)
+            throughput.append((name, "921600" if pace else "unpaced", rate, rate / base, lost))
+        throughput.append(("bare relay", "921600" if pace else "unpaced", base, 1.0, 0))
     base = baseline()
     rows = [("bare relay (baseline)", *base, 1.0)]
     with Module() as m:
@@ -91,6 +199,10 @@ def main() -> int:
     for stage, n in heap:
         print(f"  {stage:<30}{n:>8} bytes")
     print(f"  {'peak of these':<30}{max(n for _, n in heap):>8} bytes")
+    print(f"\nthroughput pty -> link -> TCP echo -> pty, {TOTAL // 1024} KB each way")
+    print(f"{'path':<16}{'UART':>9}{'KB/s':>10}{'/relay':>8}{'lost':>6}")
+    for name, pace, rate, ratio, lost in throughput:
+        print(f"{name:<16}{pace:>9}{rate / 1024:>10.1f}{ratio:>8.2f}{lost:>6}")
     return 0
 
 

@@ -318,3 +318,15 @@ def test_power_cut_during_saves_never_leaves_unloadable_settings(quiet):
         line = got.split(b"\r\n")[1]
         assert line in values or line == b"+UARTFOMAT:1024,100", got
         assert "corrupt" not in quiet.console()
+
+
+def test_standby_sleeps_until_the_wake_pin(quiet):
+    assert quiet.cmd("AT+STANDBY") == OK
+    time.sleep(0.5)
+    assert quiet.status()["state"] == "sleeping"
+    quiet.write(b"AT\r")  # the module answers nothing until the STANDBY pin is pulled
+    quiet.expect_silence(1)
+    quiet.wake()
+    quiet.sync()
+    assert quiet.status()["cause"] == "DEEPSLEEP"
+    assert quiet.cmd("AT+UARTE?") == reply(b"+UARTE:OFF")  # settings kept

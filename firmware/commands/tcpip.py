@@ -97,7 +97,7 @@ def _recv(p):
     at.count(p, 3)
     link = links.get(_id(p))
     port = _port(p, 1, lo=0)
-    n = at.integer(p, 2, 1, links.PULL_MAX)
+    n = at.integer(p, 2, 1, serial.DATA_MAX)
     peer = link.peer(port) if link.type == "tcp_server" else (link.peers or (None,))[0]
     data = peer.take(n) if peer is not None and peer.buf is not None else b""
     return "+CIPRECV={},".format(len(data)).encode() + data

@@ -96,11 +96,6 @@ def _w():
     return _world
 
 
-# Sim extension (not on an ESP32): the world dict, e.g. sim_world()["softap"]["http_port"]
-def sim_world():
-    return _w()
-
-
 def _opt(ap, k, d):
     return ap.get(k, _world.get(k, d))
 

@@ -37,7 +37,7 @@ FAINT = {"ssid": "Faint", "bssid": "00:1d:7e:01:02:05", "rssi": -97}
 
 
 def world(aps, **kw):
-    d = {"aps": aps, "noap_ms": 150, "scan_ms": 5, "softap": {"http_port": 8080}}
+    d = {"aps": aps, "noap_ms": 150, "scan_ms": 5, "softap": {}}
     d.update(kw)
     with open(W + ".tmp", "w") as f:
         json.dump(d, f)
@@ -265,7 +265,7 @@ def test_config_errors():
 
 
 def test_ap():
-    world([TEST], softap={"http_port": 8080, "stations": []})
+    world([TEST], softap={"stations": []})
     ap = network.WLAN(1)
     assert ap.config("ssid").startswith("ESP_") and ap.config("authmode") == 0
     assert ap.ifconfig() == (
@@ -288,10 +288,9 @@ def test_ap():
         {"mac": "11:22:33:44:55:66", "ip": "192.168.4.2", "ssid": "EMW_SETUP", "key": "12345678"},
         {"mac": "11:22:33:44:55:67", "ip": "192.168.4.3", "key": "wrong-key"},
     ]
-    world([TEST], softap={"http_port": 8080, "stations": phones})
+    world([TEST], softap={"stations": phones})
     assert ap.isconnected()
     assert ap.status("stations") == [(b"\x11\x22\x33\x44\x55\x66", "192.168.4.2")]
-    assert network.sim_world()["softap"]["http_port"] == 8080
     # STA and AP together: scanning still works
     assert network.WLAN(0).active() and len(network.WLAN(0).scan()) == 1
     ap.active(False)

@@ -1,0 +1,31 @@
+# Section 9 of the spec: raw Ethernet frames. The document's module (moc108) hands raw frames
+# to the host; MicroPython on the ESP32 has no raw-frame API (lwIP sockets only), so the mode
+# is always OFF: AT+ENETRAWMODE? answers +ENETRAWMODE:OFF and =OFF is OK, while =ON and
+# AT+ENETRAWSEND answer ERROR (AT+ERRNO says why). ENETRAWSEND answers before any ">", so a
+# host that waits for the prompt sends no data.
+from firmware import at
+from firmware.at import AtError
+
+_WHY = "no raw Ethernet frames on the ESP32 (MicroPython has no raw-frame API; moc108 only)"
+
+
+def _mode_query():
+    return "+ENETRAWMODE:OFF"
+
+
+def _mode_set(p):
+    at.count(p, 1)
+    if at.on_off(p, 0):
+        raise AtError(at.E_UNSUPPORTED, _WHY)
+
+
+def _send_set(p):
+    at.count(p, 1)
+    at.integer(p, 0, 1, 1 << 16)
+    raise AtError(at.E_UNSUPPORTED, _WHY)
+
+
+COMMANDS = {
+    "ENETRAWMODE": (_mode_query, _mode_query, _mode_set, _mode_query),
+    "ENETRAWSEND": (None, None, _send_set, None),
+}

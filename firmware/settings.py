@@ -97,6 +97,15 @@ class Settings:
 # Temporary file, then rename: a power cut leaves either the old or the new file. Creates the
 # folders on the way.
 def write_file(path, data):
+    mkdirs(path)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)
+
+
+# The folders of a file's path, made where missing.
+def mkdirs(path):
     i = path.find("/")
     while i > 0:
         try:
@@ -104,18 +113,14 @@ def write_file(path, data):
         except OSError:
             pass  # exists
         i = path.find("/", i + 1)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.rename(tmp, path)
 
 
 # Remove everything the module stored (AT+FACTORY).
 def wipe():
-    _remove_tree(DIR)
+    remove_tree(DIR)
 
 
-def _remove_tree(path):
+def remove_tree(path):
     try:
         entries = list(os.ilistdir(path))
     except OSError:
@@ -123,7 +128,7 @@ def _remove_tree(path):
     for entry in entries:
         child = path + "/" + entry[0]
         if entry[1] == 0x4000:  # directory
-            _remove_tree(child)
+            remove_tree(child)
         else:
             os.remove(child)
     os.rmdir(path)

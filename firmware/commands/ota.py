@@ -244,34 +244,17 @@ def _reason(e, tls):
 def _tls():
     import ssl
 
-    ca = certs.load(0)
+    ca = certs.der(0)
     if not ca:
         raise Fail("TLS", "no root CA (AT+SSLCERTSET=0)")
     t = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        for der in _der(ca):
+        for der in ca:
             t.load_verify_locations(cadata=der)
     except (ValueError, OSError) as e:
         raise Fail("TLS", "root CA: {!r}".format(e))
     t.verify_mode = ssl.CERT_REQUIRED
     return t
-
-
-# Each certificate of a PEM bundle as DER (the PC's mbedTLS takes DER only); DER as is.
-def _der(data):
-    import binascii
-
-    out = []
-    i = 0
-    while True:
-        b = data.find(b"-----BEGIN", i)
-        if b < 0:
-            break
-        b = data.find(b"\n", b) + 1
-        e = data.find(b"-----END", b)
-        out.append(binascii.a2b_base64(data[b:e]))
-        i = e + 8
-    return out or [bytes(data)]
 
 
 # ----- the update
@@ -319,30 +302,6 @@ def _entry(e):
     return p, n, h
 
 
-def _mkdirs(path):
-    i = path.find("/")
-    while i > 0:
-        try:
-            os.mkdir(path[:i])
-        except OSError:
-            pass  # exists
-        i = path.find("/", i + 1)
-
-
-def _remove_tree(path):
-    try:
-        entries = list(os.ilistdir(path))
-    except OSError:
-        return
-    for e in entries:
-        child = path + "/" + e[0]
-        if e[1] == 0x4000:
-            _remove_tree(child)
-        else:
-            os.remove(child)
-    os.rmdir(path)
-
-
 def _check(h, want, name):
     import binascii
 
@@ -357,7 +316,7 @@ async def _file(http, prefix, path, size, sha):
     if n != size:
         raise Fail("SIZE", "{}: {} bytes, manifest says {}".format(path, n, size))
     dest = _NEW + "/" + path
-    _mkdirs(dest)
+    settings.mkdirs(dest)
     h = hashlib.sha256()
     with open(dest, "wb") as f:
 
@@ -436,8 +395,8 @@ async def _install(version):
         slot = ota.free_slot()
         if slot is None:
             raise Fail("STATE", "an update waits for confirmation")
-        _remove_tree(_NEW)  # what a cut-short update left
-        _remove_tree("ota/" + slot)  # an older release nothing points to
+        settings.remove_tree(_NEW)  # what a cut-short update left
+        settings.remove_tree("ota/" + slot)  # an older release nothing points to
         bs = os.statvfs(".")[0]
         need = sum((n + bs - 1) // bs + 1 for _, n, _ in files) + _MARGIN
         if need * bs > _free_bytes():
@@ -484,7 +443,7 @@ async def _update(version):
         else:
             log.exc(e, "ota")
             reason, detail = "INTERNAL", repr(e)
-        _remove_tree(_NEW)
+        settings.remove_tree(_NEW)
         gc.collect()
         log.info("ota: {} failed: {} {}".format(version, reason, detail))
         ctx.serial.last_error = (at.E_FAIL, "OTA {}: {}".format(reason, detail))

@@ -242,7 +242,7 @@ class Link:
         while True:
             await readable(s)
             c, addr = s.accept()
-            ip, port = _ip_port(addr)
+            ip, port = ip_port(addr)
             if len(self.peers) >= _CLIENTS_MAX:
                 c.close()
                 continue
@@ -324,7 +324,7 @@ class Link:
                 ctx.serial.raw(data)
             elif ctx.settings["recvcfg"]:
                 if self.type == "udp_broadcast":
-                    ip, port = _ip_port(addr)
+                    ip, port = ip_port(addr)
                     head = "+CIPEVENT:UDP_BROADCAST,{},{},{},{},".format(
                         ip, port, self.id, len(data)
                     )
@@ -404,7 +404,7 @@ def _reason(e):
     return "{}: {}".format(type(e).__name__, e)
 
 
-def _ip_port(addr):
+def ip_port(addr):
     if isinstance(addr, tuple):
         return addr[0], addr[1]
     # the unix port's raw sockaddr_in: family (2), port (2, big-endian), address (4)

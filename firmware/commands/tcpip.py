@@ -143,7 +143,7 @@ def _domain(p):
         raise AtError(at.E_FAIL, "cannot resolve " + name)
     ips = []
     for entry in found:
-        ip, _port = links._ip_port(entry[-1])
+        ip, _port = links.ip_port(entry[-1])
         if ip not in ips:
             ips.append(ip)
     ips.insert(0, "+CIPDOMAIN:{}".format(len(ips)))

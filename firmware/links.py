@@ -404,6 +404,7 @@ def _reason(e):
     return "{}: {}".format(type(e).__name__, e)
 
 
+# (ip, port) of a socket address: a tuple on the ESP32, raw sockaddr bytes on the unix port.
 def ip_port(addr):
     if isinstance(addr, tuple):
         return addr[0], addr[1]

@@ -15,7 +15,12 @@
 #   (`dropped`): at 115200 baud a phone writing with response does not outrun it.
 # - Module -> phone: notifications of at most MTU-3 bytes; gatts_notify raises ENOMEM while the
 #   stack's buffers are full, and the sender waits and retries: nothing is lost.
+# - Bonds: MicroPython's NimBLE keeps no keys of its own; it asks the application through
+#   _IRQ_GET_SECRET / _IRQ_SET_SECRET. They are kept here in RAM (answered from the IRQ at
+#   once) and written to data/bt_secrets.json by a task, not from the IRQ (see _keep).
 import asyncio
+import binascii
+import json
 
 import bluetooth
 import machine
@@ -40,6 +45,8 @@ _IRQ_CENTRAL_DISCONNECT = const(2)
 _IRQ_GATTS_WRITE = const(3)
 _IRQ_MTU_EXCHANGED = const(21)
 _IRQ_ENCRYPTION_UPDATE = const(28)
+_IRQ_GET_SECRET = const(29)
+_IRQ_SET_SECRET = const(30)
 _IRQ_PASSKEY_ACTION = const(31)
 _PASSKEY_ACTION_DISPLAY = const(3)
 _IO_CAPABILITY_DISPLAY_ONLY = const(0)
@@ -55,6 +62,14 @@ _RX_BUF = const(512)  # the RX characteristic's append buffer (long writes inclu
 _ADV_US = const(100000)
 _ENOMEM = const(12)
 _SEND_STALL_MS = const(5000)  # a notification that cannot leave this long fails BTSEND
+_BONDS = const(8)  # phones remembered; a ninth bond drops the least recently written one
+_SAVE_MS = const(100)  # a pairing sets several secrets in a row: one write for them all
+# The bonds: [[sec_type, key, value]...] newest first, keys and values in base64. Under data/,
+# so AT+FACTORY forgets every phone. FLASHLOCK does not hold them back: they are not settings
+# the host chose but the module's half of a pairing the phone has kept its half of; a module
+# that forgot it at the next restart would be refused by the phone (keys missing) until its
+# user deletes the pairing by hand.
+_SECRETS = "data/bt_secrets.json"
 
 _NUS = "6E400001-B5A3-F393-E0A9-E50E24DCCA9E"
 _NUS_RX = "6E400002-B5A3-F393-E0A9-E50E24DCCA9E"  # phone -> module (write)
@@ -95,7 +110,11 @@ class Radio:
         self._changes = []  # connection ON/OFF to announce, in order
         self._readvertise = False
         self._flag = asyncio.ThreadSafeFlag()
+        self._secrets = _load()  # (sec_type, key, value) tuples, newest first
+        self._dirty = False  # _secrets changed since the file was written
+        self._store = asyncio.ThreadSafeFlag()
         ble = self.ble = bluetooth.BLE()
+        ble.irq(self._irq)  # before the stack starts: it may look for bonds at once
         ble.active(True)
         ble.config(
             gap_name=name(),
@@ -105,7 +124,6 @@ class Radio:
             le_secure=True,
             io=_IO_CAPABILITY_DISPLAY_ONLY,
         )
-        ble.irq(self._irq)
         service = (
             bluetooth.UUID(_NUS),
             (
@@ -119,6 +137,7 @@ class Radio:
         ((self.tx, self.rx),) = ble.gatts_register_services((service,))
         ble.gatts_set_buffer(self.rx, _RX_BUF, True)
         self._task = asyncio.create_task(self._deliver())
+        self._saver = asyncio.create_task(self._keep())
 
     def state(self):
         if self.secure:
@@ -145,6 +164,10 @@ class Radio:
     # ----- IRQ side: copy, flag, return
 
     def _irq(self, event, data):
+        if event == _IRQ_GET_SECRET:
+            return self._get_secret(data[0], data[1], data[2])
+        if event == _IRQ_SET_SECRET:
+            return self._set_secret(data[0], data[1], data[2])
         if event == _IRQ_GATTS_WRITE:
             if data[1] == self.rx:
                 got = self.ble.gatts_read(self.rx)
@@ -177,6 +200,42 @@ class Radio:
                 self.ble.gap_passkey(conn, action, int(ctx.settings["bt_passkey"]))
         self._flag.set()
 
+    # The value stored for (sec_type, key), or with key None the index'th of that sec_type
+    # (NimBLE counts and walks its bonds so). The keys and values are memoryviews, valid only
+    # during the IRQ: copied.
+    def _get_secret(self, sec_type, index, key):
+        if key is not None:
+            key = bytes(key)
+        for t, k, v in self._secrets:
+            if t == sec_type:
+                if key is None:
+                    if index == 0:
+                        return v
+                    index -= 1
+                elif k == key:
+                    return v
+        return None
+
+    # Store (value None: delete) the value of (sec_type, key). The list is rebuilt and swapped
+    # in with one assignment, so _keep, which may be between bytecodes when an IRQ comes
+    # (ESP32), sees the old list or the new one, never one half changed.
+    def _set_secret(self, sec_type, key, value):
+        key = bytes(key)
+        s = [e for e in self._secrets if e[0] != sec_type or e[1] != key]
+        if value is not None:
+            s.insert(0, (sec_type, key, bytes(value)))
+            peers = []  # the keys (a phone's address) from the newest to the oldest
+            for e in s:
+                if e[1] not in peers:
+                    peers.append(e[1])
+            if len(peers) > _BONDS:
+                old = peers[-1]
+                s = [e for e in s if e[1] != old]
+        self._secrets = s
+        self._dirty = True
+        self._store.set()
+        return True
+
     def _put(self, data):
         n = len(data)
         head = self._head
@@ -204,6 +263,21 @@ class Radio:
                 self._readvertise = False
                 if self.advertising and self.conn is None:
                     self.advertise(True)
+
+    # Write the bonds to flash when they changed (outside the IRQ: NimBLE waits for its
+    # handler, and a flash write takes milliseconds).
+    async def _keep(self):
+        while True:
+            await self._store.wait()
+            await asyncio.sleep_ms(_SAVE_MS)
+            if self._dirty:
+                self._dirty = False
+                rows = [[t, _b64(k), _b64(v)] for t, k, v in self._secrets]
+                try:
+                    settings.write_file(_SECRETS, json.dumps(rows))
+                except OSError as e:
+                    log.warn("bt: bonds not saved: {!r}".format(e))
+                rows = None
 
     # Write what is in the ring: +BTEVENT:DATA,<len>,<data> events in command mode with
     # BTEVENT=EN, the bytes alone otherwise. Never inside a response.
@@ -242,6 +316,23 @@ class Radio:
                 continue
             off += k
             stalled = 0
+
+
+def _b64(b):
+    return binascii.b2a_base64(b)[:-1].decode()
+
+
+# The bonds the last run wrote; none without the file, or with a damaged one.
+def _load():
+    try:
+        with open(_SECRETS) as f:
+            rows = json.load(f)
+        return [(t, binascii.a2b_base64(k), binascii.a2b_base64(v)) for t, k, v in rows]
+    except OSError:
+        return []  # no bonds yet, or AT+FACTORY
+    except Exception as e:  # ValueError, a row of another shape
+        log.warn("bt: bonds file ignored: {!r}".format(e))
+        return []
 
 
 radio = None

@@ -22,10 +22,17 @@ Firmware -> bridge:
   DISCONNECT conn u16
   PASSKEY    conn u16, action u8, passkey u32
   WRITE_ACK  (the firmware's IRQ handler for the last GATTS_WRITE has returned)
+  SECRET     seq u16, ok u8, value      (the IRQ handler's answer to a GET/SET_SECRET IRQ)
 Bridge -> firmware:
   R_ACTIVE, R_REGISTER (JSON: value handles per service, as gatts_register_services returns)
   SENT       conn u16, handle u16, indicate u8, status u8   (a NOTIFY left the stack)
-  IRQ        irq u8, payload as the IRQ's data tuple (see host/board/bluetooth.py)
+  IRQ        irq u8, payload as the IRQ's data tuple (see host/board/bluetooth.py); the
+             GET_SECRET and SET_SECRET IRQs start with a seq u16 their SECRET answer repeats
+
+Bonds: as on the ESP32, where MicroPython's NimBLE keeps no keys and asks the application,
+the module's bumble Device gets a FirmwareKeyStore: each get/update/delete is an
+_IRQ_GET_SECRET / _IRQ_SET_SECRET the firmware's handler answers, so the keys live where the
+firmware stores them (and go with AT+FACTORY) and nothing is kept here across power-ons.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from bumble.controller import Controller
 from bumble.device import AdvertisingType, Connection, Device
 from bumble.gatt import Characteristic, Descriptor, Service
 from bumble.host import Host
-from bumble.keys import JsonKeyStore
+from bumble.keys import KeyStore, PairingKeys
 from bumble.link import LocalLink
 from bumble.pairing import PairingConfig, PairingDelegate
 from bumble.transport.common import AsyncPipeSink, StreamPacketSource
@@ -51,7 +58,7 @@ from bumble.transport.common import AsyncPipeSink, StreamPacketSource
 log = logging.getLogger("btbridge")
 
 # Ops (firmware -> bridge)
-ACTIVE, CONFIG, ADV, REGISTER, NOTIFY, WRITE, DISCONNECT, PASSKEY, WRITE_ACK = range(1, 10)
+ACTIVE, CONFIG, ADV, REGISTER, NOTIFY, WRITE, DISCONNECT, PASSKEY, WRITE_ACK, SECRET = range(1, 11)
 # Ops (bridge -> firmware)
 R_ACTIVE, R_REGISTER, SENT, IRQ = 0x81, 0x84, 0x85, 0x90
 
@@ -61,8 +68,13 @@ IRQ_CENTRAL_DISCONNECT = 2
 IRQ_GATTS_WRITE = 3
 IRQ_MTU_EXCHANGED = 21
 IRQ_ENCRYPTION_UPDATE = 28
+IRQ_GET_SECRET = 29
+IRQ_SET_SECRET = 30
 IRQ_PASSKEY_ACTION = 31
 PASSKEY_ACTION_DISPLAY = 3
+SEC_PEER = 2  # NimBLE's BLE_STORE_OBJ_TYPE_PEER_SEC: a peer's keys, keyed by its address
+SECRET_TIMEOUT = 5.0
+MAX_BONDS_LISTED = 32
 
 # MicroPython's characteristic flags
 F_READ, F_WRITE_NR, F_WRITE = 0x0002, 0x0004, 0x0008
@@ -141,6 +153,117 @@ class Delegate(PairingDelegate):
         pass
 
 
+# A bond's key and value as the firmware sees them (opaque bytes). The key is NimBLE's
+# ble_addr_t: address type u8, then the address, least significant byte first; the value
+# starts with the same 7 bytes, as NimBLE's ble_store_value_sec does (so a bond listed by index
+# tells whose it is), then the keys: address type u8 (0xFF: none), per key of KEY_FIELDS
+# flags u8 (1 present, 2 authenticated, 4 ediv, 8 rand) and, if present, length u8 + value,
+# [ediv u16], [length u8 + rand]; last link_key_type u8 (0xFF: none).
+KEY_FIELDS = ("ltk", "ltk_central", "ltk_peripheral", "irk", "csrk", "link_key")
+
+
+def bond_key(name: str) -> bytes:
+    address = hci.Address(name)  # "/P" marks a public address, as str(Address) writes it
+    return bytes([address.address_type]) + bytes(address)
+
+
+def bond_name(key: bytes) -> str:
+    return str(hci.Address(key[1:7], key[0]))
+
+
+def pack_keys(key: bytes, keys: PairingKeys) -> bytes:
+    out = bytearray(key)
+    out.append(0xFF if keys.address_type is None else int(keys.address_type))
+    for field in KEY_FIELDS:
+        k: PairingKeys.Key | None = getattr(keys, field)
+        if k is None:
+            out.append(0)
+            continue
+        flags = 1 | (2 if k.authenticated else 0)
+        flags |= (4 if k.ediv is not None else 0) | (8 if k.rand is not None else 0)
+        out += bytes((flags, len(k.value))) + k.value
+        if k.ediv is not None:
+            out += struct.pack("<H", k.ediv)
+        if k.rand is not None:
+            out += bytes((len(k.rand),)) + k.rand
+    out.append(0xFF if keys.link_key_type is None else keys.link_key_type)
+    return bytes(out)
+
+
+def unpack_keys(value: bytes) -> tuple[str, PairingKeys]:
+    name = bond_name(value[:7])
+    keys = PairingKeys()
+    if value[7] != 0xFF:
+        keys.address_type = hci.AddressType(value[7])
+    i = 8
+    for field in KEY_FIELDS:
+        flags = value[i]
+        i += 1
+        if not flags & 1:
+            continue
+        n = value[i]
+        k = PairingKeys.Key(value[i + 1 : i + 1 + n], bool(flags & 2))
+        i += 1 + n
+        if flags & 4:
+            (k.ediv,) = struct.unpack_from("<H", value, i)
+            i += 2
+        if flags & 8:
+            n = value[i]
+            k.rand = value[i + 1 : i + 1 + n]
+            i += 1 + n
+        setattr(keys, field, k)
+    if value[i] != 0xFF:
+        keys.link_key_type = value[i]
+    return name, keys
+
+
+class FirmwareKeyStore(KeyStore):
+    """bumble's bond store, kept by the firmware: every call is a secret IRQ it answers."""
+
+    def __init__(self, session: FirmwareSession) -> None:
+        self.session = session
+
+    async def get(self, name: str) -> PairingKeys | None:
+        key = bond_key(name)
+        ok, value = await self.session.secret(
+            IRQ_GET_SECRET, struct.pack(">BHB", SEC_PEER, 0, 1) + key
+        )
+        if not ok:
+            return None
+        try:
+            return unpack_keys(value)[1]
+        except (IndexError, ValueError, struct.error):
+            log.warning("bt bridge: the firmware's bond for %s is damaged", name)
+            return None
+
+    async def update(self, name: str, keys: PairingKeys) -> None:
+        key = bond_key(name)
+        value = pack_keys(key, keys)
+        ok, _ = await self.session.secret(
+            IRQ_SET_SECRET, struct.pack(">BB", SEC_PEER, len(key)) + key + b"\x01" + value
+        )
+        if not ok:  # bumble logs it; the link stays up without a bond, as NimBLE's
+            raise RuntimeError(f"the firmware did not store the bond of {name}")
+
+    async def delete(self, name: str) -> None:
+        key = bond_key(name)
+        await self.session.secret(
+            IRQ_SET_SECRET, struct.pack(">BB", SEC_PEER, len(key)) + key + b"\x00"
+        )
+
+    async def get_all(self) -> list[tuple[str, PairingKeys]]:
+        out = []
+        for i in range(MAX_BONDS_LISTED):  # by index, as NimBLE walks its bonds
+            ok, value = await self.session.secret(
+                IRQ_GET_SECRET, struct.pack(">BHB", SEC_PEER, i, 0)
+            )
+            if not ok:
+                break
+            with contextlib.suppress(IndexError, ValueError, struct.error):
+                out.append(unpack_keys(value))
+        return out
+
+
 class FirmwareSession:
     """One power-on of the module's radio: a controller and a bumble Device it drives."""
 
@@ -155,6 +278,8 @@ class FirmwareSession:
         self.values: dict[int, bytes] = {}  # local values of the firmware's characteristics
         self.write_acks: asyncio.Queue[None] = asyncio.Queue()
         self.passkeys: dict[int, asyncio.Future[int]] = {}
+        self.secrets: dict[int, asyncio.Future[tuple[bool, bytes]]] = {}
+        self.secret_seq = 0
         self.tx_lock = asyncio.Lock()
         self.tasks: set[asyncio.Task] = set()
         self.outbox: asyncio.Queue[tuple[int, int, int, bytes]] = asyncio.Queue()
@@ -167,18 +292,31 @@ class FirmwareSession:
     def irq(self, code: int, payload: bytes = b"") -> None:
         self.send(IRQ, bytes([code]) + payload)
 
+    # Requests are handled in order by worker(); SECRET answers are taken at once, as the
+    # request waiting for one may be what holds the queue (ACTIVE: bumble's power_on lists
+    # the bonds).
     async def run(self) -> None:
+        inbox: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+        self.spawn(self.worker(inbox))
         try:
             while True:
                 op, payload = await read_frame(self.reader)
-                try:
-                    await self.handle(op, payload)
-                except Exception:  # a bad request must not take the radio down
-                    log.exception("bt bridge: op %d failed", op)
+                if op == SECRET:
+                    self.answer(payload)
+                else:
+                    inbox.put_nowait((op, payload))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             self.close()
+
+    async def worker(self, inbox: asyncio.Queue[tuple[int, bytes]]) -> None:
+        while True:
+            op, payload = await inbox.get()
+            try:
+                await self.handle(op, payload)
+            except Exception:  # a bad request must not take the radio down
+                log.exception("bt bridge: op %d failed", op)
 
     def close(self) -> None:
         for t in self.tasks:
@@ -186,6 +324,9 @@ class FirmwareSession:
         for f in self.passkeys.values():
             if not f.done():
                 f.cancel()
+        for f in self.secrets.values():
+            if not f.done():
+                f.set_result((False, b""))  # the radio is off: nothing stored, nothing found
         if self.controller is not None:
             unplug(self.bridge.link, self.controller)
             self.controller = None
@@ -227,6 +368,30 @@ class FirmwareSession:
         elif op == WRITE_ACK:
             self.write_acks.put_nowait(None)
 
+    def answer(self, p: bytes) -> None:
+        seq, ok = struct.unpack_from(">HB", p)
+        f = self.secrets.pop(seq, None)
+        if f is not None and not f.done():
+            f.set_result((bool(ok), p[3:]))
+
+    # Ask the firmware's IRQ handler for a secret (GET_SECRET) or to store one (SET_SECRET):
+    # (True, value) or (True, b"") on success, (False, b"") when it said no (None, False) or
+    # did not answer (radio off, firmware gone).
+    async def secret(self, code: int, payload: bytes) -> tuple[bool, bytes]:
+        if self.writer.is_closing():
+            return False, b""
+        self.secret_seq = seq = (self.secret_seq + 1) & 0xFFFF
+        f = asyncio.get_running_loop().create_future()
+        self.secrets[seq] = f
+        self.irq(code, struct.pack(">H", seq) + payload)
+        try:
+            return await asyncio.wait_for(f, SECRET_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.warning("bt bridge: the firmware did not answer secret IRQ %d", code)
+            return False, b""
+        finally:
+            self.secrets.pop(seq, None)
+
     async def activate(self, addr: bytes, on: bool) -> None:
         if self.controller is not None:
             unplug(self.bridge.link, self.controller)
@@ -238,7 +403,7 @@ class FirmwareSession:
         self.controller = Controller("module", link=self.bridge.link, public_address=address)
         host = Host(self.controller, AsyncPipeSink(self.controller))
         dev = Device(name=self.cfg.get("gap_name") or "MPY", address=address, host=host)
-        dev.keystore = JsonKeyStore(None, str(self.bridge.state_dir / "bt_keys.json"))
+        dev.keystore = FirmwareKeyStore(self)
         dev.gatt_server.max_mtu = max(23, int(self.cfg["mtu"]))
         dev.pairing_config_factory = lambda c: PairingConfig(
             sc=bool(self.cfg.get("le_secure")),
@@ -377,10 +542,28 @@ class FirmwareSession:
                 ),
             )
 
+        # NimBLE reports a pairing's ENCRYPTION_UPDATE once the keys are distributed and stored
+        # (SET_SECRET first); bumble's encryption change comes before the key distribution:
+        # during a pairing it waits for the pairing's end.
+        pairing = [False]
+
+        def on_pairing_start() -> None:
+            pairing[0] = True
+
+        def on_pairing_end(*_: Any) -> None:
+            pairing[0] = False
+            on_security()
+
+        def on_encryption(*_: Any) -> None:
+            if not pairing[0]:
+                on_security()
+
         c.on(c.EVENT_DISCONNECTION, on_disconnection)
         c.on(c.EVENT_CONNECTION_ATT_MTU_UPDATE, on_mtu)
-        c.on(c.EVENT_CONNECTION_ENCRYPTION_CHANGE, on_security)
-        c.on(c.EVENT_PAIRING_FAILURE, on_security)
+        c.on(c.EVENT_CONNECTION_ENCRYPTION_CHANGE, on_encryption)
+        c.on(c.EVENT_PAIRING_START, on_pairing_start)
+        c.on(c.EVENT_PAIRING, on_pairing_end)
+        c.on(c.EVENT_PAIRING_FAILURE, on_pairing_end)
 
     async def ask_passkey(self, c: Connection, action: int) -> int:
         f = asyncio.get_running_loop().create_future()

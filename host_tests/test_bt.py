@@ -44,7 +44,13 @@ class KeyDelegate(PairingDelegate):
 class Phone:
     """A bumble central on the virtual radio, driven synchronously from the test."""
 
-    def __init__(self, hci_port: int, keystore: MemoryKeyStore | None = None) -> None:
+    def __init__(
+        self,
+        hci_port: int,
+        keystore: MemoryKeyStore | None = None,
+        address: str = "F0:F1:F2:F3:F4:F5",
+    ) -> None:
+        self.address = address  # its static random address: what the module bonds with
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -60,7 +66,7 @@ class Phone:
     async def _open(self, port: int) -> None:
         self.transport = await open_transport(f"tcp-client:127.0.0.1:{port}")
         self.device = Device.with_hci(
-            "phone", Address("F0:F1:F2:F3:F4:F5"), self.transport.source, self.transport.sink
+            "phone", Address(self.address), self.transport.source, self.transport.sink
         )
         self.device.keystore = self.keystore
         await self.device.power_on()
@@ -380,3 +386,84 @@ def test_transparent_mode_both_ways(module: Module, phone: Phone) -> None:
     m.write(b"+++")  # alone, with silence around it: leaves transparent mode
     assert m.read_until(OK, 3) == OK
     assert m.cmd("AT").endswith(OK)
+
+
+# ----- bonds: kept by the firmware (_IRQ_GET_SECRET / _IRQ_SET_SECRET, data/bt_secrets.json)
+
+
+def bonded_reconnect(m: Module, p: Phone, name: str) -> None:
+    """The phone comes back and encrypts with its bond: no pairing, no passkey."""
+    p.connect(p.find(name))
+    p.encrypt()
+    assert m.read_until(ON, 10).endswith(ON)
+    p.subscribe()
+    p.write(b"bonded")
+    assert read_data_events(m, 6) == b"bonded"
+
+
+def test_bond_survives_restarts_until_factory(module: Module, phone: Phone) -> None:
+    m = module
+    paired(m, phone)
+    name = discoverable(m)
+    # A fresh pairing would now fail: the reconnections below can only use the bond.
+    assert m.cmd("AT+BTPASSKEY=000000").endswith(OK)
+    # Power cut with the phone connected. The bond reaches flash within ~0.1 s of the pairing
+    # (a task writes it, not the IRQ): a cut sooner than that would lose it, on a board too.
+    time.sleep(0.5)
+    m.kill()
+    m.wait_booted(2)
+    m.sync()
+    m.cmd("AT+UARTE=OFF")
+    bonded_reconnect(m, phone, name)
+    phone.disconnect()
+    assert m.read_until(OFF, 10).endswith(OFF)
+    # AT+REBOOT
+    assert m.cmd("AT+REBOOT").endswith(OK)
+    m.wait_booted(3)
+    m.sync()
+    m.cmd("AT+UARTE=OFF")
+    bonded_reconnect(m, phone, name)
+    phone.disconnect()
+    assert m.read_until(OFF, 10).endswith(OFF)
+    # AT+FACTORY forgets every phone (data/ goes): the old keys do not encrypt any more, and
+    # the phone must pair again, with the factory passkey.
+    assert m.cmd("AT+FACTORY").endswith(OK)
+    m.wait_booted(4)
+    m.sync()
+    assert discoverable(m) == name
+    phone.connect(phone.find(name))
+    with pytest.raises(Exception):  # noqa: B017 - bumble's HCI error: the module has no key
+        phone.encrypt()
+    m.expect_silence(0.5)
+    assert m.cmd("AT+BTSTATE?").endswith(b"+BTSTATE:DISCOVERABLE\r\n" + OK)
+    phone.pair(123456)
+    assert m.read_until(ON, 10).endswith(ON)
+    assert "bonds" not in m.console()  # no "bonds not saved", no "bonds file ignored"
+
+
+def test_bonds_are_bounded(module: Module) -> None:
+    m = module
+    name = discoverable(m)
+    phones = [Phone(hci_port(m), address=f"F0:F1:F2:F3:F4:{i:02X}") for i in range(9)]
+    try:
+        for p in phones:  # nine bonds: the oldest (the first phone's) is dropped
+            p.connect(p.find(name))
+            p.pair(123456)
+            assert m.read_until(ON, 10).endswith(ON)
+            p.disconnect()
+            assert m.read_until(OFF, 10).endswith(OFF)
+        time.sleep(0.5)  # on flash
+        m.kill()
+        m.wait_booted(2)
+        m.sync()
+        m.cmd("AT+UARTE=OFF")
+        first, second = phones[0], phones[1]
+        first.connect(first.find(name))
+        with pytest.raises(Exception):  # noqa: B017 - forgotten: no key on the module
+            first.encrypt()
+        first.disconnect()
+        m.expect_silence(0.5)
+        bonded_reconnect(m, second, name)
+    finally:
+        for p in phones:
+            p.close()

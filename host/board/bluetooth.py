@@ -11,7 +11,12 @@
 #   the IRQ handler returned, as on the ESP32 whose NimBLE task waits for the handler.
 # - gatts_notify raises OSError(ENOMEM) while the stack holds _TX_SLOTS notifications that
 #   have not left yet (NimBLE's mbufs), so senders must retry, as on the board.
-# - Bonds are kept by bumble in STATE/bt_keys.json; _IRQ_GET/SET_SECRET are not raised.
+# - Bonds are the firmware's to keep, as on the ESP32 (whose NimBLE has no store of its own in
+#   MicroPython): bumble's key store asks for them with _IRQ_GET_SECRET (sec_type, index, key)
+#   and _IRQ_SET_SECRET (sec_type, key, value; value None deletes), and the handler's return
+#   value goes back (a buffer or None; True or False). These are answered as soon as they
+#   arrive, also while a blocking call waits (as the board's NimBLE task calls the handler
+#   while active(True) waits), so a handler set before active(True) is asked at start.
 # Central role, scanning, L2CAP and the GATT client are not provided (OSError EOPNOTSUPP).
 
 import asyncio
@@ -20,6 +25,7 @@ import os
 import select
 import socket
 import struct
+import sys
 
 import machine
 
@@ -32,6 +38,7 @@ _WRITE = const(6)
 _DISCONNECT = const(7)
 _PASSKEY = const(8)
 _WRITE_ACK = const(9)
+_SECRET = const(10)
 _R_ACTIVE = const(0x81)
 _R_REGISTER = const(0x84)
 _SENT = const(0x85)
@@ -43,6 +50,8 @@ _IRQ_GATTS_WRITE = const(3)
 _IRQ_GATTS_INDICATE_DONE = const(20)
 _IRQ_MTU_EXCHANGED = const(21)
 _IRQ_ENCRYPTION_UPDATE = const(28)
+_IRQ_GET_SECRET = const(29)
+_IRQ_SET_SECRET = const(30)
 _IRQ_PASSKEY_ACTION = const(31)
 
 _TX_SLOTS = const(8)  # notifications the stack may hold before ENOMEM
@@ -185,7 +194,9 @@ class BLE:
             op = rx[i + 2]
             payload = bytes(rx[i + 3 : i + 2 + n])
             i += 2 + n
-            if op == _IRQ:
+            if op == _IRQ and payload[0] in (_IRQ_GET_SECRET, _IRQ_SET_SECRET):
+                self._secret(payload)
+            elif op == _IRQ:
                 if hold:
                     self._pending.append(payload)
                 else:
@@ -269,6 +280,33 @@ class BLE:
             return
         if h is not None:
             h(code, data)
+
+    # A secret asked for by the stack: the handler answers, the answer goes back at once.
+    # IRQ payload: seq u16, sec_type u8, then GET: index u16, has_key u8, key; SET: key length
+    # u8, key, has_value u8, value. Reply SECRET: seq u16, ok u8, the value (GET).
+    def _secret(self, p):
+        code = p[0]
+        seq, sec_type = struct.unpack_from(">HB", p, 1)
+        mv = memoryview(p)
+        if code == _IRQ_GET_SECRET:
+            index, has_key = struct.unpack_from(">HB", p, 4)
+            data = (sec_type, index, mv[7:] if has_key else None)
+        else:
+            n = p[4]
+            data = (sec_type, mv[5 : 5 + n], mv[6 + n :] if p[5 + n] else None)
+        r = None
+        h = self._handler
+        if h is not None:
+            try:
+                r = h(code, data)
+            except Exception as e:  # printed and taken as None, as the C side does
+                sys.print_exception(e)
+                r = None
+        if code == _IRQ_GET_SECRET:
+            out = struct.pack(">HB", seq, r is not None) + (bytes(r) if r is not None else b"")
+        else:
+            out = struct.pack(">HB", seq, bool(r))
+        self._send(_SECRET, out)
 
     def _sent(self, p):
         conn, handle, indicate, status = struct.unpack(">HHBB", p)

@@ -88,6 +88,7 @@ class Link:
         self.error = ""  # why the link last failed (AT+CIPERR)
         self.drops = 0  # UDP datagrams that did not fit in pull mode
         self.udp = None  # the Peer holding a UDP link's pull buffer
+        self.leftover = None  # pull mode: a closed peer whose buffer still holds data
 
     # --- starting and stopping
 
@@ -96,6 +97,7 @@ class Link:
         self.type = typ
         self.host, self.rport, self.lport = host, rport, lport
         self.error = ""
+        self.leftover = None
         try:
             if typ == "tcp_server":
                 self._listen()
@@ -115,6 +117,7 @@ class Link:
             self.task = None
         was = self.state
         self.state = CLOSE
+        self.leftover = None
         for p in self.peers:
             p.close()
             if self.type == "tcp_server":
@@ -158,6 +161,8 @@ class Link:
 
     def _drop(self):
         for p in self.peers:
+            if p.n:  # what it sent before closing can still be read with AT+CIPRECV
+                self.leftover = p
             p.close()
         self.peers = []
         if self.sock is not None:

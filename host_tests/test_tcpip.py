@@ -896,6 +896,19 @@ def test_pull_mode_tcp(m, echo):
     stop(w, 0)
 
 
+def test_pull_mode_data_outlives_the_peer(m):
+    # A server sends and closes at once: what it sent can still be read after DISCONNECTED.
+    w = ready(m)
+    w.ok("AT+CIPRECVCFG=0")
+    with TcpSource(BIN) as src:
+        start(w, 0, "tcp_client", HOST, src.port)
+        w.expect(ev(0, "SERVER", "CONNECTED"))
+        w.expect(ev(0, "SERVER", "DISCONNECTED"))
+    assert w.one("AT+CIPSTATUS=0") == "+CIPSTATUS:tcp_client,disconnected"
+    assert w.one("AT+CIPRECV=0,0,4096") == ("RECV", BIN)
+    assert w.one("AT+CIPRECV=0,0,4096") == ("RECV", b"")
+
+
 def test_pull_len_larger_than_the_buffer(m, echo):
     w = ready(m)
     w.ok("AT+CIPRECVCFG=0")

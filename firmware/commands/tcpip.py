@@ -98,7 +98,10 @@ def _recv(p):
     link = links.get(_id(p))
     port = _port(p, 1, lo=0)
     n = at.integer(p, 2, 1, serial.DATA_MAX)
-    peer = link.peer(port) if link.type == "tcp_server" else (link.peers or (None,))[0]
+    if link.type == "tcp_server":
+        peer = link.peer(port)
+    else:
+        peer = link.peers[0] if link.peers else link.leftover
     data = peer.take(n) if peer is not None and peer.buf is not None else b""
     return "+CIPRECV={},".format(len(data)).encode() + data
 

@@ -46,7 +46,6 @@ class Serial:
         self._got = 0  # bytes of the data phase received so far
         self._open = False  # a response is open: events wait in _held
         self._held = []
-        self.dropped_events = 0
         self._idle = asyncio.Event()  # set while no response is open
         self._idle.set()
         self._after = None  # called once the current response is out (reboot)
@@ -285,8 +284,7 @@ class Serial:
             self._write_event(text)
             return
         if len(self._held) >= _HELD_MAX:
-            self._held.pop(0)
-            self.dropped_events += 1
+            log.warn("event dropped while a response was open: {}".format(self._held.pop(0)))
         self._held.append(text)
 
     def _write_event(self, text):

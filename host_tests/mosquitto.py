@@ -42,20 +42,20 @@ def have_mosquitto() -> bool:
     return shutil.which("mosquitto") is not None
 
 
-def _openssl(*args: str, cwd: Path) -> None:
+def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
 def make_ca(d: Path, name: str) -> tuple[Path, Path]:
     """Self-signed EC CA in d: returns (cert.pem, key.pem); also writes <name>.der."""
     key, crt = d / f"{name}.key", d / f"{name}.pem"
-    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key), cwd=d)
-    _openssl(
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key), cwd=d)
+    openssl(
         "req", "-x509", "-new", "-key", str(key), "-sha256", "-days", "30",
         "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
         "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", str(crt), cwd=d,
     )  # fmt: skip
-    _openssl("x509", "-in", str(crt), "-outform", "DER", "-out", str(d / f"{name}.der"), cwd=d)
+    openssl("x509", "-in", str(crt), "-outform", "DER", "-out", str(d / f"{name}.der"), cwd=d)
     return crt, key
 
 
@@ -66,9 +66,9 @@ def make_server_cert(d: Path, ca_crt: Path, ca_key: Path) -> tuple[Path, Path]:
         "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
         "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
     )
-    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key), cwd=d)
-    _openssl("req", "-new", "-key", str(key), "-subj", "/CN=127.0.0.1", "-out", str(csr), cwd=d)
-    _openssl(
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key), cwd=d)
+    openssl("req", "-new", "-key", str(key), "-subj", "/CN=127.0.0.1", "-out", str(csr), cwd=d)
+    openssl(
         "x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
         "-CAcreateserial", "-days", "30", "-sha256", "-extfile", str(ext), "-out", str(crt),
         cwd=d,

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from host_tests.mosquitto import make_ca, openssl
+
 HOST = "127.0.0.1"
 
 
@@ -313,10 +315,6 @@ def udp_send(port: int, data: bytes) -> int:
 # ----- TLS
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 class Pki:
     """A test CA (EC P-256) with a server certificate for IP:127.0.0.1 and DNS:localhost, and a
     second, unrelated "wrong" CA. Files in `d`; PEM bytes in ca_pem / wrong_ca_pem."""
@@ -331,15 +329,7 @@ class Pki:
         self.wrong_ca_pem = self.wrong_ca_path.read_bytes()
 
     def _ca(self, name: str) -> tuple[Path, Path]:
-        d = self.dir
-        key, crt = d / f"{name}.key", d / f"{name}.pem"
-        _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key), cwd=d)
-        _openssl(
-            "req", "-x509", "-new", "-key", str(key), "-sha256", "-days", "30",
-            "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", str(crt), cwd=d,
-        )  # fmt: skip
-        return crt, key
+        return make_ca(self.dir, name)
 
     def _server(self) -> tuple[Path, Path]:
         d = self.dir
@@ -348,11 +338,9 @@ class Pki:
             "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
             "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
         )
-        _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key), cwd=d)
-        _openssl(
-            "req", "-new", "-key", str(key), "-subj", "/CN=localhost", "-out", str(csr), cwd=d
-        )
-        _openssl(
+        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key), cwd=d)
+        openssl("req", "-new", "-key", str(key), "-subj", "/CN=localhost", "-out", str(csr), cwd=d)
+        openssl(
             "x509", "-req", "-in", str(csr), "-CA", str(self.ca_path), "-CAkey", str(self.ca_key),
             "-CAcreateserial", "-days", "30", "-sha256", "-extfile", str(ext), "-out", str(crt),
             cwd=d,

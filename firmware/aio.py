@@ -1,7 +1,17 @@
 # Wait until a stream (socket, UART) can be read or written, as asyncio's own Stream does
 # inside; there is no public form. Nothing is read or written, so a wait that is cancelled or
 # times out loses no data (unlike wait_for around a read, which can drop what it read).
+import asyncio
+import errno
+import time
 from asyncio import core
+
+from micropython import const
+
+# Errors of a non-blocking socket that mean "not now" (118, 119: the ESP32's EHOSTUNREACH-like
+# busy codes while lwIP or a TLS handshake is in progress, as mqtt_as found).
+BUSY = (errno.EAGAIN, errno.EINPROGRESS, errno.ETIMEDOUT, 118, 119)
+_SPIN_MS = const(5)  # poll period while a socket takes nothing
 
 
 async def readable(s):
@@ -10,3 +20,25 @@ async def readable(s):
 
 async def writable(s):
     yield core._io_queue.queue_write(s)
+
+
+# Write every byte to a non-blocking socket, TLS included (whose writes may need the handshake
+# to progress, so polling rather than writable()). OSError(ETIMEDOUT) after idle_ms without
+# progress, if idle_ms is given.
+async def write_all(s, data, idle_ms=0):
+    mv = memoryview(data)
+    t0 = time.ticks_ms()
+    while mv:
+        try:
+            n = s.write(mv)
+        except OSError as e:
+            if e.args[0] not in BUSY:
+                raise
+            n = None
+        if n:
+            mv = mv[n:]
+            t0 = time.ticks_ms()
+        elif idle_ms and time.ticks_diff(time.ticks_ms(), t0) > idle_ms:
+            raise OSError(errno.ETIMEDOUT)
+        else:
+            await asyncio.sleep_ms(_SPIN_MS)

@@ -23,7 +23,7 @@ import time
 from micropython import const
 
 from firmware import at, certs, ctx, events, log, settings, wifi
-from firmware.aio import readable, writable
+from firmware.aio import BUSY, readable, writable, write_all
 
 SUBS = const(6)  # subscription ids 0-5
 TOPIC_MAX = const(256)  # bytes of a topic or topic filter
@@ -32,13 +32,11 @@ _CONNECT_MS = const(10000)  # TCP + TLS + CONNACK
 _ACK_MS = const(10000)  # SUBACK, UNSUBACK, PUBACK, PUBCOMP
 _WRITE_MS = const(3000)  # longest a write may wait for TCP buffer space (blocking)
 _TICK_MS = const(250)  # watchdog period
-_SPIN_MS = const(5)  # retry period while a TLS handshake or a send buffer is busy
 _WIFI_MS = const(1000)  # Wi-Fi check while waiting for it
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(16000)
 _PENDING_MAX = const(16)  # acks awaited at once
 _MBEDTLS_VERIFY = const(-0x2700)  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
-_BUSY = (errno.EAGAIN, errno.EINPROGRESS, errno.ETIMEDOUT, 118, 119)
 
 # Result words (AT+MQTTSTATUS, +MQTTEVENT); the connection status is one of the first five.
 CONNECTED = "CONNECT,SUCCESS"
@@ -296,7 +294,7 @@ class Session:
             await writable(s)
             if tls is not None:
                 s = tls.wrap_socket(s, server_hostname=host, do_handshake_on_connect=False)
-            await _send(s, pkt)  # on TLS the first write runs the handshake
+            await write_all(s, pkt)  # on TLS the first write runs the handshake
             ack = await _recv(s, 4)
         except BaseException:  # failures, timeout and cancellation alike
             s.close()
@@ -535,21 +533,6 @@ class Session:
 
 
 # Write all of buf to a non-blocking socket; on TLS the first writes drive the handshake.
-async def _send(s, buf):
-    mv = memoryview(buf)
-    while mv:
-        try:
-            n = s.write(mv)
-        except OSError as e:
-            if e.args[0] not in _BUSY:
-                raise
-            n = None
-        if n:
-            mv = mv[n:]
-        else:
-            await asyncio.sleep_ms(_SPIN_MS)  # handshake in progress or send buffer full
-
-
 # Read exactly n bytes from a non-blocking socket.
 async def _recv(s, n):
     buf = bytearray(n)
@@ -559,7 +542,7 @@ async def _recv(s, n):
         try:
             r = s.readinto(mv[got:])
         except OSError as e:
-            if e.args[0] not in _BUSY:
+            if e.args[0] not in BUSY:
                 raise
             r = None
         if r is None:

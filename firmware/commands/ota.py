@@ -19,6 +19,7 @@ import time
 from micropython import const
 
 from firmware import at, certs, ctx, events, log, ota, settings, wifi
+from firmware.aio import BUSY, write_all
 from firmware.at import AtError
 
 _URL_MAX = const(200)
@@ -31,7 +32,6 @@ _CONNECT_MS = const(5000)
 _IDLE_MS = const(5000)  # a server silent this long mid-transfer has failed
 _SPIN_MS = const(5)  # poll period of a busy non-blocking socket
 _MARGIN = const(4)  # blocks kept free on the filesystem besides the release
-_BUSY = (errno.EAGAIN, errno.EINPROGRESS, errno.ETIMEDOUT, 118, 119)
 _NEW = "ota/new"  # staging folder
 
 _task = None  # the running AT+OTASTART
@@ -134,22 +134,12 @@ class Http:
         raise Fail("NETWORK", "connection closed")
 
     async def _send(self, data):
-        mv = memoryview(data)
-        t0 = time.ticks_ms()
-        while mv:
-            try:
-                n = self.sock.write(mv)
-            except OSError as e:
-                if e.args[0] not in _BUSY:
-                    raise
-                n = None
-            if n:
-                mv = mv[n:]
-                t0 = time.ticks_ms()
-            else:
-                if time.ticks_diff(time.ticks_ms(), t0) > _IDLE_MS:
-                    raise Fail("TIMEOUT", "sending")
-                await asyncio.sleep_ms(_SPIN_MS)  # TLS handshake, or send buffer full
+        try:
+            await write_all(self.sock, data, _IDLE_MS)
+        except OSError as e:
+            if e.args[0] == errno.ETIMEDOUT:
+                raise Fail("TIMEOUT", "sending")
+            raise
 
     # Read into buf[off:]; 0 when the server closed. Fails after _IDLE_MS of silence.
     async def read(self, off=0):
@@ -159,7 +149,7 @@ class Http:
             try:
                 n = self.sock.readinto(mv)
             except OSError as e:
-                if e.args[0] not in _BUSY:
+                if e.args[0] not in BUSY:
                     raise
                 n = None
             if n is not None:

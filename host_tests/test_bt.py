@@ -308,13 +308,7 @@ def test_reconnect_with_bond(module: Module, phone: Phone) -> None:
     paired(m, phone)
     phone.disconnect()
     m.read_until(OFF, 10)
-    # Same phone, bonded: encrypting the new link is enough.
-    phone.connect(phone.find(discoverable(m)))
-    phone.encrypt()
-    assert m.read_until(ON, 10).endswith(ON)
-    phone.subscribe()
-    phone.write(b"again")
-    assert read_data_events(m, 5) == b"again"
+    bonded_reconnect(m, phone, discoverable(m))  # same phone: encrypting the link is enough
 
 
 def test_events_never_inside_a_response(module: Module, phone: Phone) -> None:

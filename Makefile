@@ -76,6 +76,18 @@ bench: $(STAMP) deps
 	$(PY) -m host_tests.bench_mqtt
 	$(PY) -m host_tests.bench_bt
 
+# The wire suite (host_tests/conftest.py WIRE_FILES), one line per test and a JUnit report in
+# build/conformance.xml. Against the virtual module, or a module on a serial port:
+#   make conformance PORT=/dev/ttyUSB0 [BAUD=115200] SERVER_IP=<this PC> WIFI_SSID=.. WIFI_KEY=..
+BAUD ?= 115200
+SERVER_IP ?= 127.0.0.1
+TARGET := $(if $(filter command line environment,$(origin PORT)),$(PORT))
+.PHONY: conformance
+conformance: $(STAMP) deps
+	@mkdir -p build
+	EMW_PORT=$(TARGET) EMW_BAUD=$(BAUD) SERVER_IP=$(SERVER_IP) $(PY) -m pytest host_tests \
+		-m conformance -v -rs --timeout=300 --junitxml=build/conformance.xml
+
 clean:
 	rm -rf build .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -1,4 +1,10 @@
-"""Drive the virtual module from tests: launch it, talk to its pty and its control port."""
+"""Drive the module from tests: the virtual module (launched here; its pty and control port) or,
+for `make conformance PORT=...`, a module on a serial port (EMW_PORT, EMW_BAUD).
+
+On a serial port each Module starts from factory settings (AT+FACTORY); what only the virtual
+module offers (the control interface, power cuts, its console and state folder) skips the test
+with the reason.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,23 @@ REPO = Path(__file__).resolve().parent.parent
 OK = b"\r\nOK\r\n"
 ERROR = b"\r\nERROR\r\n"
 
+# The target of the wire tests: "" is the virtual module, else a serial port's path.
+TARGET_PORT = os.environ.get("EMW_PORT", "")
+TARGET_BAUD = int(os.environ.get("EMW_BAUD", "115200"))
+# Where the servers the module reaches listen (an address of this PC the target can reach).
+SERVER_IP = os.environ.get("SERVER_IP", "127.0.0.1")
+# The AP the module joins: on the virtual module always the world's (host/world.json).
+WIFI_SSID = (TARGET_PORT and os.environ.get("WIFI_SSID")) or "EMW-TEST"
+WIFI_KEY = (TARGET_PORT and os.environ.get("WIFI_KEY")) or "12345678"
+
+
+def virtual_only(what: str) -> None:
+    """Skip the running test when the target is a serial port: it needs `what`."""
+    if TARGET_PORT:
+        import pytest
+
+        pytest.skip(f"needs {what} (virtual module only)")
+
 
 class Module:
     """A running virtual module (host/launcher.py) with its own state folder and pty link.
@@ -36,6 +59,15 @@ class Module:
         pace: bool = False,
         start_timeout: float = 10.0,
     ) -> None:
+        self._buf = bytearray()
+        self.fd = -1
+        self.control = 0
+        self.proc: subprocess.Popen | None = None
+        if TARGET_PORT:
+            if root is not None or pace or world not in (None, REPO / "host" / "world.json"):
+                virtual_only("another firmware, world or pacing")
+            self._open_target(state_dir)
+            return
         if state_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="emw-")
             state_dir = self._tmp.name
@@ -71,13 +103,24 @@ class Module:
             stdin=subprocess.PIPE,
             bufsize=0,
         )
-        self._buf = bytearray()
-        self.fd = -1
-        self.control = 0
         info = self._read_banner(start_timeout)
         self.uart = info["UART"]
         self.control = int(info["CONTROL"].rpartition(":")[2])
         self.fd = os.open(self.link, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+
+    def _open_target(self, state_dir: str | Path | None) -> None:
+        import serial  # pyserial: sets the port raw at the baud rate
+
+        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="emw-"))
+        self.link = Path(TARGET_PORT)
+        self.uart = TARGET_PORT
+        self._serial = serial.Serial(TARGET_PORT, TARGET_BAUD, timeout=0)
+        self.fd = self._serial.fileno()
+        self.sync(20)
+        self.write(b"AT+FACTORY\r")
+        self.read_until_any([OK, ERROR], 5)
+        time.sleep(1.5)  # the restart: bytes sent meanwhile are lost
+        self.sync(30)
 
     def _read_banner(self, timeout: float) -> dict[str, str]:
         info: dict[str, str] = {}
@@ -199,6 +242,7 @@ class Module:
     # ----- the control port
 
     def ctl(self, req: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        virtual_only("the world's control interface")
         with socket.create_connection(("127.0.0.1", self.control), timeout=timeout) as s:
             s.sendall(json.dumps(req).encode() + b"\n")
             f = s.makefile("rb")
@@ -231,6 +275,7 @@ class Module:
 
     def console(self) -> str:
         """The firmware's print/log output (STATE/console.log), with launcher boot markers."""
+        virtual_only("the firmware's console log")
         try:
             return (self.state_dir / "console.log").read_text(errors="replace")
         except FileNotFoundError:
@@ -238,12 +283,18 @@ class Module:
 
     def log(self) -> str:
         """The launcher's own log (its stderr)."""
+        virtual_only("the launcher's log")
         try:
             return (self.state_dir / "launcher.log").read_text(errors="replace")
         except FileNotFoundError:
             return ""
 
     def stop(self) -> None:
+        if self.proc is None:  # a serial port
+            if self.fd >= 0:
+                self._serial.close()
+                self.fd = -1
+            return
         if self.proc.poll() is None and self.control:
             with contextlib.suppress(OSError, ValueError):
                 self.ctl({"op": "stop"}, timeout=2)

@@ -27,9 +27,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from host_tests.module import SERVER_IP
+
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
+HOST = SERVER_IP
 
 
 def free_port() -> int:

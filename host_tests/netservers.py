@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from host_tests.module import SERVER_IP
 from host_tests.mosquitto import make_ca, openssl
 
-HOST = "127.0.0.1"
+HOST = SERVER_IP
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

@@ -18,6 +18,8 @@ import struct
 import threading
 import time
 
+from host_tests.module import SERVER_IP
+
 NTP_1970 = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 _FORMAT = "!BBbbII4sQQQQ"  # RFC 5905 figure 8, without extensions: 48 bytes
 
@@ -46,10 +48,10 @@ class NtpServer:
         self.delay = 0.0
         self.requests = 0
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((SERVER_IP, 0))
         self.sock.settimeout(0.1)  # so that close() ends the thread soon
         self.port = self.sock.getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"{SERVER_IP}:{self.port}"
         self._stop = False
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()

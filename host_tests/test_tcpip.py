@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tests.module import Module
+from host_tests.module import WIFI_KEY, WIFI_SSID, Module
 from host_tests.netservers import (
     HOST,
     Pki,
@@ -311,7 +311,7 @@ def startup(m: Module) -> Wire:
 
 
 def join(w: Wire) -> None:
-    w.ok("AT+WJAP=EMW-TEST,12345678")
+    w.ok(f"AT+WJAP={WIFI_SSID},{WIFI_KEY}")
     w.wait_event(UP, timeout=10)
 
 

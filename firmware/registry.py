@@ -5,7 +5,7 @@
 # fmt: off
 GROUPS = (
     ("system", ("", "FWVER", "SYSTIME", "MEMFREE", "FACTORY", "REBOOT", "FLASHLOCK", "WEVENT",
-                "CIPEVENT", "STANDBY", "ERRNO", "ERRVERBOSE")),
+                "CIPEVENT", "STANDBY", "ERRNO", "ERRVERBOSE", "SECRETS")),
     ("uart", ("UART", "UARTFOMAT", "UARTE")),
     ("wifi", ("WFVER", "WMAC", "WSCANOPT", "WSCAN", "WDHCP", "WSAPIP", "WSAP", "WSAPQ", "WSAPS",
               "WJAPIP", "WJAP", "WJAPQ", "WJAPS")),

@@ -16,6 +16,7 @@ DEFAULTS = {
     "wevent": True,
     "cipevent": True,
     "verbose_errors": False,  # AT+ERRVERBOSE (extension)
+    "hide_secrets": False,  # AT+SECRETS (extension)
     "uart": [115200, 8, 1, "NONE", "NONE"],  # baud, data bits, stop bits, parity, flow
     "uartfomat": [1024, 100],  # transparent-mode frame length (bytes) and idle time (ms)
 }

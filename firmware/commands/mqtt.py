@@ -13,7 +13,7 @@
 #   AT+MQTTCLOSE   OK, then +MQTTEVENT:CLOSE,SUCCESS if a session was started
 #   messages       +MQTTRECV:<sub id>,<len>,<payload>
 from firmware import at, ctx, events, mqtt, serial
-from firmware.commands.system import switch, value
+from firmware.commands.system import secret, switch, value
 
 _USER_MAX = 256
 _PASS_MAX = 512  # cloud tokens (SAS, JWT) are long
@@ -23,7 +23,7 @@ _CID_MAX = 256
 
 def _auth_query():
     user, pswd = ctx.settings["mqtt_auth"]
-    return "+MQTTAUTH:{},{}".format(at.escape(user), at.escape(pswd))
+    return "+MQTTAUTH:{},{}".format(at.escape(user), at.escape(secret(pswd)))
 
 
 def _auth_set(p):

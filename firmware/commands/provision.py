@@ -6,6 +6,7 @@
 # key), AT+SMARTHTTP (where the set-up page listens), AT+SMARTCFG? (the stored AirKiss ids).
 from firmware import at, ctx, provision
 from firmware.at import AtError
+from firmware.commands.system import secret
 
 _SOFTAP = 5
 _KEY_MAX = 63  # a WPA2 passphrase
@@ -46,7 +47,7 @@ def _cfg_set(p):
 
 
 def _key_query():
-    return "+SMARTKEY:" + at.escape(ctx.settings["prov_key"])
+    return "+SMARTKEY:" + at.escape(secret(ctx.settings["prov_key"]))
 
 
 # "" (or nothing): an open set-up AP; else its WPA2 key. Used from the next AT+SMARTSTART.

@@ -80,6 +80,35 @@ def _errno():
     return serial.error_line(ctx.serial.last_error)
 
 
+# Extension: AT+SECRETS=HIDE masks keys and passwords in query replies and refuses to read the
+# private key back. It persists and is one-way: only AT+FACTORY, which erases the secrets, shows
+# them again (else anyone on the UART could undo it).
+_MASK = "********"
+
+
+def secret(s):
+    return _MASK if s and ctx.settings["hide_secrets"] else s
+
+
+def refuse_if_hidden(what):
+    if ctx.settings["hide_secrets"]:
+        raise at.AtError(at.E_STATE, "secrets are hidden (AT+SECRETS=HIDE): " + what)
+
+
+def _secrets_query():
+    return "+SECRETS:" + ("HIDE" if ctx.settings["hide_secrets"] else "SHOW")
+
+
+def _secrets_set(p):
+    at.count(p, 1)
+    if at.choice(p, 0, ("HIDE", "SHOW")) == "SHOW":
+        refuse_if_hidden("only AT+FACTORY shows them again")
+        return
+    if ctx.settings["flashlock"]:
+        raise at.AtError(at.E_STATE, "FLASHLOCK is ON: HIDE must be stored, turn it OFF first")
+    ctx.settings.set("hide_secrets", True)
+
+
 COMMANDS = {
     "": (None, None, None, _ok),
     "FWVER": reading(_fwver),
@@ -95,4 +124,5 @@ COMMANDS = {
     "STANDBY": (None, None, None, _standby),
     "ERRNO": reading(_errno),
     "ERRVERBOSE": switch("verbose_errors", "+ERRVERBOSE:"),
+    "SECRETS": value(_secrets_query, _secrets_set),
 }

@@ -16,9 +16,10 @@ import socket
 
 from firmware import at, certs, ctx, links, serial
 from firmware.at import AtError
-from firmware.commands.system import value
+from firmware.commands.system import refuse_if_hidden, value
 
 _CTRL_Z = b"\x1a"
+_PRIVATE_KEY = 2  # the spec's certificate types: 0 root, 1 client certificate, 2 private key, 3 CRL
 _HOST_MAX = 253
 
 
@@ -167,7 +168,10 @@ def _certset(p):
 
 def _certget(p):
     at.count(p, 1)
-    data = certs.load(at.integer(p, 0, 0, 3))
+    kind = at.integer(p, 0, 0, 3)
+    if kind == _PRIVATE_KEY:
+        refuse_if_hidden("the private key is not read back")
+    data = certs.load(kind)
     if data is None:
         raise AtError(at.E_STATE, "no certificate of this type")
     return b"+SSLCERTGET:" + data

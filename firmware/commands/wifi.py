@@ -3,7 +3,7 @@ import sys
 
 from firmware import at, ctx, wifi
 from firmware.at import AtError
-from firmware.commands.system import reading, switch, value
+from firmware.commands.system import reading, secret, switch, value
 
 _SSID_MAX = 32
 _KEY_MAX = 64
@@ -80,7 +80,7 @@ def _sapip_set(p):
 
 def _sap_query():
     ssid, key = ctx.settings["ap"]
-    return "+WSAP:{},{}".format(at.escape(ssid), at.escape(key))
+    return "+WSAP:{},{}".format(at.escape(ssid), at.escape(secret(key)))
 
 
 # <ssid>[,<key>] of AT+WSAP= and AT+WJAP=.
@@ -117,7 +117,7 @@ def _japip_set(p):
 
 def _jap_stored():
     ssid, key = ctx.settings["sta"]
-    return "+WJAP:{},{}".format(at.escape(ssid), at.escape(key))
+    return "+WJAP:{},{}".format(at.escape(ssid), at.escape(secret(key)))
 
 
 def _jap_live():

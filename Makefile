@@ -88,6 +88,15 @@ conformance: $(STAMP) deps
 	EMW_PORT=$(TARGET) EMW_BAUD=$(BAUD) SERVER_IP=$(SERVER_IP) $(PY) -m pytest host_tests \
 		-m conformance -v -rs --timeout=300 --junitxml=build/conformance.xml
 
+# 100,000 fuzzed command lines (host_tests/fuzz.py) against the virtual module, or a module on
+# a serial port (PORT= as for conformance); finds are printed, the exit status says if any.
+LINES ?= 100000
+SEED ?= 1
+.PHONY: fuzz
+fuzz: $(STAMP) deps
+	EMW_PORT=$(TARGET) EMW_BAUD=$(BAUD) SERVER_IP=$(SERVER_IP) $(PY) -m host_tests.fuzz \
+		--lines $(LINES) --seed $(SEED) --heap $(HEAP)
+
 clean:
 	rm -rf build .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -1,0 +1,206 @@
+"""Faults from outside (issue 17): peers that freeze, reset or vanish, the AP going away in the
+middle of a transfer, names that do not resolve, a data phase broken off or full of noise,
+and every link busy at once. The module reports, refuses with ERROR and a reason, recovers
+without restarting, and loses or duplicates nothing it acknowledged.
+
+MQTT broker restarts are in test_mqtt.py (test_broker_restart, test_wifi_loss).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from host_tests.module import TARGET_PORT, WIFI_SSID, Module
+from host_tests.netservers import HOST, TcpEcho, TcpServer, TcpSource, free_port, wait_for
+from host_tests.test_tcpip import UP, Wire, connect_client, ev, is_event, ready, start, stop
+
+CHUNK = 4096
+
+
+class FrozenPeer(TcpServer):
+    """Accepts, then reads nothing until thaw(); then keeps everything it reads, per client."""
+
+    def __init__(self) -> None:
+        super().__init__(rcvbuf=4096)
+        self.thawed = threading.Event()
+        self.got: list[bytearray] = []
+
+    def handle(self, conn: socket.socket) -> None:
+        got = bytearray()
+        self.got.append(got)
+        while not self.thawed.wait(0.1):
+            if self._stop.is_set():
+                return
+        while (d := self.recv(conn)) is not None and d:
+            got += d
+
+    def thaw(self) -> None:
+        self.thawed.set()
+
+
+def reason(w: Wire) -> str:
+    """AT+ERRNO's line; never the internal-error category (a bug, not a refusal)."""
+    line = w.one("AT+ERRNO")
+    assert line.startswith("+ERRNO:") and not line.startswith("+ERRNO:10,"), line
+    return line
+
+
+def not_restarted(m: Module) -> None:
+    if not TARGET_PORT:
+        assert m.status()["boots"] == 1
+        assert "Traceback" not in m.console()
+
+
+def cipsend(w: Wire, lid: int, data: bytes, timeout: float = 15.0) -> bool:
+    """One AT+CIPSEND; True if answered OK (the data acknowledged), False if ERROR."""
+    w.m.write(f"AT+CIPSEND={lid},{len(data)}\r".encode())
+    x = w.item(timeout)
+    while is_event(x):
+        w._keep(x)
+        x = w.item(timeout)
+    if x == "ERROR":
+        return False
+    assert x == ">", x
+    w.m.write(data)
+    r = w.response("CIPSEND data", timeout)
+    assert r in (["OK"], ["ERROR"]), r
+    return r == ["OK"]
+
+
+def test_frozen_peer_then_reset_loses_nothing_acknowledged(module):
+    w = ready(module)
+    with FrozenPeer() as peer:
+        connect_client(w, 0, peer.port)
+        acked = bytearray()
+        refused = 0
+        for i in range(120):  # 480 KB: far beyond what the peer's window and buffers hold
+            data = bytes([i]) * CHUNK
+            if cipsend(w, 0, data):
+                acked += data
+            else:
+                refused += 1
+                reason(w)
+            t = time.monotonic()
+            assert w.send("AT") == ["OK"]  # the module answers while its peer is frozen
+            assert time.monotonic() - t < 2
+            if refused >= 3:
+                break
+        peer.thaw()
+        wait_for(lambda: len(peer.got[0]) >= len(acked), 30, "the acknowledged bytes")
+        time.sleep(0.5)
+        assert bytes(peer.got[0]) == bytes(acked)  # in order, nothing lost, nothing twice
+        peer.reset_all()
+        w.wait_event(ev(0, "SERVER", "DISCONNECTED"), timeout=10)
+        assert not cipsend(w, 0, b"after the reset")
+        reason(w)
+        assert w.one("AT+CIPERR=0").startswith("+CIPERR:0,")
+        stop(w, 0)
+    with TcpEcho() as echo:  # the same id works again
+        connect_client(w, 0, echo.port)
+        assert cipsend(w, 0, b"again")
+        assert w.recv(0, 5) == b"again"
+    not_restarted(module)
+
+
+@pytest.mark.virtual_only("the world's control interface (the AP vanishing)")
+def test_ap_vanishes_mid_transfer_and_comes_back(module):
+    m = module
+    w = ready(m)
+    w.ok("AT+CIPRECVCFG=0")  # pull mode: what arrived waits in the module
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    with TcpSource(payload) as src:
+        connect_client(w, 1, src.port)
+        time.sleep(0.5)  # data flowing
+        m.ctl({"op": "ap", "ssid": WIFI_SSID, "set": {"present": False}})
+        w.wait_event("+WEVENT:STATION_DOWN", timeout=15, allow=(ev(1, "SERVER", "DISCONNECTED"),))
+        got = b""
+        while True:  # what arrived before is readable: a whole, in-order prefix
+            w.m.write(b"AT+CIPRECV=1,0,1024\r")
+            r = w.response("CIPRECV")
+            if r[-1] != "OK" or not r[0][1]:
+                break
+            got += r[0][1]
+        assert payload.startswith(got)
+        assert not cipsend(w, 1, b"no network")
+        reason(w)
+        m.ctl({"op": "ap", "ssid": WIFI_SSID, "set": {"present": True}})
+        w.wait_event(UP, timeout=40, allow=(ev(1, "SERVER", "DISCONNECTED"),))
+    stop(w, 1)
+    w.ok("AT+CIPRECVCFG=1")
+    with TcpEcho() as echo:
+        connect_client(w, 2, echo.port)
+        assert cipsend(w, 2, b"back")
+        assert w.recv(2, 4) == b"back"
+    not_restarted(m)
+
+
+def test_names_that_do_not_resolve_are_refused_with_a_reason(module):
+    w = ready(module)
+    w.error("AT+CIPDOMAIN=no-such-host.invalid")
+    assert "+ERRNO:" in reason(w)
+    start(w, 0, "tcp_client", "no-such-host.invalid", 80)
+    w.wait_event(ev(0, "SERVER", "DISCONNECTED"), timeout=20)
+    err = w.one("AT+CIPERR=0")
+    assert err.startswith("+CIPERR:0,") and len(err) > len("+CIPERR:0,"), err
+    stop(w, 0)
+    assert w.send("AT") == ["OK"]
+    not_restarted(module)
+
+
+def test_data_phase_broken_off_or_full_of_noise(module):
+    w = ready(module)
+    with TcpEcho() as echo:
+        connect_client(w, 0, echo.port)
+        # noise inside a data phase is data: CR, LF, "AT", "+++", Ctrl+Z, every byte value
+        noise = b"\r\nAT\r\n+++\x1a\x00\xff" + bytes(range(256)) + b"AT+REBOOT\r"
+        assert cipsend(w, 0, noise)
+        assert w.recv(0, len(noise)) == noise
+        # a data phase that stops half way: ERROR after the idle timeout, nothing sent
+        w.m.write(b"AT+CIPSEND=0,100\r")
+        assert w.item() == ">"
+        w.m.write(b"x" * 40)
+        assert w.response("broken data phase", timeout=10) == ["ERROR"]
+        assert "+ERRNO:" in reason(w)
+        w.pump(0.5)
+        assert not w.data[0], "a broken data phase reached the peer"
+        assert w.send("AT") == ["OK"]
+        assert cipsend(w, 0, b"whole")
+        assert w.recv(0, 5) == b"whole"
+    not_restarted(module)
+
+
+def test_every_link_busy_and_more_refused_with_a_reason(module):
+    w = ready(module)
+    w.ok("AT+CIPRECVCFG=0")  # pull mode: data waits in the module's buffers
+    big = bytes(range(256)) * 256  # 64 KiB per link
+    with TcpSource(big) as src, TcpEcho() as echo:
+        for lid in range(4):
+            connect_client(w, lid, src.port)
+        port = free_port()
+        start(w, 4, "tcp_server", port)
+        clients = [socket.create_connection((HOST, port), timeout=5) for _ in range(3)]
+        time.sleep(1)
+        w.pump(0.5)
+        w.error(f"AT+CIPSTART=5,tcp_client,{HOST},{echo.port}")  # no sixth id
+        reason(w)
+        for line in ("AT+MEMFREE", "AT+CIPSTATUS=0", "AT+WJAPS", "AT+FWVER?"):
+            assert w.send(line)[-1] == "OK", line
+        # every pull-mode link still yields its data intact
+        for lid in range(4):
+            w.m.write(f"AT+CIPRECV={lid},0,1024\r".encode())
+            r = w.response("CIPRECV")
+            assert r[-1] == "OK", r
+            item = r[0]
+            assert isinstance(item, tuple) and item[0] == "RECV", r
+            assert big.startswith(item[1]) and len(item[1]) > 0
+        for c in clients:
+            c.close()
+        for lid in range(5):
+            w.ok(f"AT+CIPSTOP={lid}")
+    w.pump(1)
+    assert w.send("AT") == ["OK"]
+    not_restarted(module)

@@ -97,6 +97,13 @@ fuzz: $(STAMP) deps
 	EMW_PORT=$(TARGET) EMW_BAUD=$(BAUD) SERVER_IP=$(SERVER_IP) $(PY) -m host_tests.fuzz \
 		--lines $(LINES) --seed $(SEED) --heap $(HEAP)
 
+# DURATION seconds of mixed traffic (host_tests/soak.py): build/soak.csv and build/soak.png.
+DURATION ?= 3600
+.PHONY: soak
+soak: $(STAMP) deps
+	EMW_PORT=$(TARGET) EMW_BAUD=$(BAUD) SERVER_IP=$(SERVER_IP) $(PY) -m host_tests.soak \
+		--duration $(DURATION) --heap $(HEAP)
+
 clean:
 	rm -rf build .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -233,10 +233,12 @@ class Fuzzer:
                     Finding(b"", f"{name} changed: {before[name]!r} -> {after[name]!r}")
                 )
 
-    def run(self, lines: int, batch: int) -> None:
+    def run(self, lines: int, batch: int, progress: bool = False) -> None:
         self.setup()
         while self.sent < lines:
             self.batch(min(batch, lines - self.sent))
+            if progress:
+                print(f"{self.sent} lines, {len(self.findings)} finds", flush=True)
 
 
 def main() -> int:
@@ -253,7 +255,7 @@ def main() -> int:
         m.sync()
         fz = Fuzzer(m, random.Random(args.seed), sink.port)
         try:
-            fz.run(args.lines, args.batch)
+            fz.run(args.lines, args.batch, progress=True)
         finally:
             print(f"{fz.sent} lines in {time.monotonic() - start:.0f} s, seed {args.seed}")
             for f in fz.findings:

@@ -3,7 +3,7 @@ middle of a transfer, names that do not resolve, a data phase broken off or full
 and every link busy at once. The module reports, refuses with ERROR and a reason, recovers
 without restarting, and loses or duplicates nothing it acknowledged.
 
-MQTT broker restarts are in test_mqtt.py (test_broker_restart, test_wifi_loss).
+More MQTT broker restarts are in test_mqtt.py (test_broker_restart, test_wifi_loss).
 """
 
 from __future__ import annotations
@@ -14,11 +14,36 @@ import time
 
 import pytest
 
-from host_tests.module import TARGET_PORT, WIFI_SSID, Module
+from host_tests.module import TARGET_PORT, WIFI_KEY, WIFI_SSID, Module
+from host_tests.mosquitto import Broker, have_mosquitto
 from host_tests.netservers import HOST, TcpEcho, TcpServer, TcpSource, free_port, wait_for
+from host_tests.soak import Wire as SoakWire
 from host_tests.test_tcpip import UP, Wire, connect_client, ev, is_event, ready, start, stop
 
 CHUNK = 4096
+SUBSCRIBED = "+MQTTEVENT:1,SUBSCRIBE,SUCCESS"
+OUTCOMES = ("+MQTTEVENT:PUBLISH,SUCCESS", "+MQTTEVENT:PUBLISH,FAIL")
+
+
+class MqttWire(SoakWire):
+    """The soak's reader (MQTT messages as data of "mqtt"), remembering every event read."""
+
+    def __init__(self, m: Module) -> None:
+        super().__init__(m)
+        self.seen: list[str] = []
+
+    def _keep(self, x) -> None:
+        if isinstance(x, str):
+            self.seen.append(x)
+        super()._keep(x)
+
+    def until(self, event: str, since: int, timeout: float = 30.0) -> None:
+        """Read until `event` is among the events seen from index `since` on."""
+        end = time.monotonic() + timeout
+        while event not in self.seen[since:]:
+            assert time.monotonic() < end, f"no {event} after {self.seen[since:]}"
+            self.pump(0.2)
+        self.events.clear()
 
 
 class FrozenPeer(TcpServer):
@@ -203,4 +228,52 @@ def test_every_link_busy_and_more_refused_with_a_reason(module):
             w.ok(f"AT+CIPSTOP={lid}")
     w.pump(1)
     assert w.send("AT") == ["OK"]
+    not_restarted(module)
+
+
+@pytest.mark.skipif(not have_mosquitto(), reason="mosquitto not installed")
+def test_broker_restart_while_publishing_loses_and_duplicates_nothing_acknowledged(
+    module, tmp_path
+):
+    module.cmd("AT+UARTE=OFF")
+    module.drain()
+    w = MqttWire(module)
+    w.ok(f"AT+WJAP={WIFI_SSID},{WIFI_KEY}")
+    w.wait_event(UP, timeout=30)
+    with Broker(tmp_path) as broker:
+        w.ok(f"AT+MQTTSOCK={broker.host},{broker.port}")
+        w.ok("AT+MQTTSUB=1,fault/t,2")
+        w.ok("AT+MQTTSTART")
+        w.until(SUBSCRIBED, since=0)
+        w.ok("AT+MQTTPUB=fault/t,2")  # QoS 2: exactly once
+        sent: list[bytes] = []  # answered OK: each gets one PUBLISH outcome event
+
+        def publish(first: int, count: int) -> None:
+            for i in range(first, first + count):
+                data = f"msg-{i:03d}".encode()
+                r = w.send(f"AT+MQTTSEND={len(data)}", data, 15)
+                if r == [">", "OK"]:
+                    sent.append(data)
+                else:
+                    assert r[-1] == "ERROR", r
+                    reason(w)
+
+        publish(0, 20)
+        w.pump(2)
+        since = len(w.seen)
+        broker.restart()
+        publish(20, 10)  # while the session is lost and comes back
+        w.until(SUBSCRIBED, since)
+        publish(30, 20)
+        w.pump(3)
+    outcomes = [e for e in w.seen if e in OUTCOMES]
+    assert len(outcomes) == len(sent), (len(outcomes), len(sent))
+    acked = [d for d, o in zip(sent, outcomes) if o == OUTCOMES[0]]
+    got = bytes(w.data["mqtt"])
+    received = [got[i : i + 7] for i in range(0, len(got), 7)]
+    assert len(received) == len(set(received)), "a message arrived twice"
+    must = [d for d in acked if int(d[4:]) < 20 or int(d[4:]) >= 30]
+    assert len(must) == 40, "a publish with the broker up was not acknowledged"
+    assert not [d for d in must if d not in received], "an acknowledged message was lost"
+    assert set(received) <= set(acked)
     not_restarted(module)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from host_tests.module import REPO
+from host_tests.module import REPO, virtual_only
 
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 
@@ -21,6 +21,7 @@ vfs.mount(vfs.VfsLfs2(FileBlockDev({img!r}, _FLASH_SIZE)), "/flash")
 
 
 def _run(state_dir: Path, body: str) -> str:
+    virtual_only("the module's flash image")
     script = _SCRIPT.format(
         host=str(REPO / "host"), img=str(Path(state_dir) / "flash.img"), body=body
     )

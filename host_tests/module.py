@@ -71,9 +71,9 @@ class Module:
         if state_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="emw-")
             state_dir = self._tmp.name
-        self.state_dir = Path(state_dir).resolve()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.link = self.state_dir / "uart"
+        self._state_dir = Path(state_dir).resolve()
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        self.link = self._state_dir / "uart"
         if world is None and (REPO / "host" / "world.json").exists():
             world = REPO / "host" / "world.json"
         cmd = [
@@ -83,7 +83,7 @@ class Module:
             "--link",
             str(self.link),
             "--state",
-            str(self.state_dir),
+            str(self._state_dir),
             "--heap",
             heap,
             "--stdin-stop",  # the launcher ends if this process dies without stopping it
@@ -94,7 +94,7 @@ class Module:
             cmd += ["--root", str(root)]
         if pace:
             cmd.append("--pace")
-        self._log = open(self.state_dir / "launcher.log", "ab")
+        self._log = open(self._state_dir / "launcher.log", "ab")
         self.proc = subprocess.Popen(
             cmd,
             cwd=REPO,
@@ -111,7 +111,7 @@ class Module:
     def _open_target(self, state_dir: str | Path | None) -> None:
         import serial  # pyserial: sets the port raw at the baud rate
 
-        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="emw-"))
+        self._state_dir = Path(state_dir or tempfile.mkdtemp(prefix="emw-"))
         self.link = Path(TARGET_PORT)
         self.uart = TARGET_PORT
         self._serial = serial.Serial(TARGET_PORT, TARGET_BAUD, timeout=0)
@@ -121,6 +121,12 @@ class Module:
         self.read_until_any([OK, ERROR], 5)
         time.sleep(1.5)  # the restart: bytes sent meanwhile are lost
         self.sync(30)
+
+    @property
+    def state_dir(self) -> Path:
+        """The module's state folder (flash image, world, console log, RTC, MAC)."""
+        virtual_only("the module's state folder (flash image, world, radio)")
+        return self._state_dir
 
     def _read_banner(self, timeout: float) -> dict[str, str]:
         info: dict[str, str] = {}

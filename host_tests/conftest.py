@@ -35,8 +35,10 @@ WIRE_FILES = {
     "test_fuzz_wire.py",
     "test_secrets.py",
 }
-# Whole files that need what only the PC offers.
+# Whole files, and tests, that need what only the PC offers before they could skip by
+# themselves (module.virtual_only skips a test where it first touches such a thing).
 VIRTUAL_ONLY_FILES = {"test_bt.py": "the PC's Bluetooth radio (bumble phone)"}
+VIRTUAL_ONLY_TESTS = {"test_standby_sleeps_until_the_wake_pin": "the wake pin (host.ctl wake)"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -58,8 +60,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         name = item.path.name
         if name in WIRE_FILES:
             item.add_marker(pytest.mark.conformance)
-        if name in VIRTUAL_ONLY_FILES:
-            item.add_marker(pytest.mark.virtual_only(VIRTUAL_ONLY_FILES[name]))
+        why = VIRTUAL_ONLY_FILES.get(name) or VIRTUAL_ONLY_TESTS.get(item.originalname)
+        if why:
+            item.add_marker(pytest.mark.virtual_only(why))
         if not TARGET_PORT:
             kept.append(item)
         elif item.get_closest_marker("conformance") is None:

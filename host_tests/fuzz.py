@@ -97,12 +97,14 @@ class Generator:
         return line if r < 0.4 else self._mutate(line)
 
     def data(self, length: int) -> bytes:
-        """A data phase: mostly exact, sometimes overlong (the rest is command-mode input)."""
+        """A data phase: mostly exact; sometimes overlong (the rest is command-mode input);
+        rarely truncated (the module gives up after 5 s of silence)."""
         body = bytes(self.rng.choice(NOISE) for _ in range(min(length, 64)))
         body = (body * (length // max(1, len(body)) + 1))[:length]
-        if self.rng.random() < 0.1:
-            body += b"AT+FWVER?\r"
-        return body
+        r = self.rng.random()
+        if r < 0.003:
+            return body[: length // 2]
+        return body + b"AT+FWVER?\r" if r < 0.1 else body
 
 
 def allowed(line: bytes) -> bool:

@@ -37,7 +37,10 @@ WIRE_FILES = {
 }
 # Whole files, and tests, that need what only the PC offers before they could skip by
 # themselves (module.virtual_only skips a test where it first touches such a thing).
-VIRTUAL_ONLY_FILES = {"test_bt.py": "the PC's Bluetooth radio (bumble phone)"}
+VIRTUAL_ONLY_FILES = {
+    "test_bt.py": "the PC's Bluetooth radio (bumble phone)",
+    "test_ota.py": "a firmware to replace (it installs test releases, one crashing at start)",
+}
 VIRTUAL_ONLY_TESTS = {"test_standby_sleeps_until_the_wake_pin": "the wake pin (host.ctl wake)"}
 
 

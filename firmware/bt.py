@@ -108,6 +108,7 @@ class Radio:
         self._head = 0  # next byte the IRQ writes
         self._tail = 0  # next byte _deliver takes
         self._changes = []  # connection ON/OFF to announce, in order
+        self._announced = False  # CONNECTION,ON told, OFF not yet: received data may go out
         self._readvertise = False
         self._flag = asyncio.ThreadSafeFlag()
         self._secrets = _load()  # (sec_type, key, value) tuples, newest first
@@ -171,7 +172,7 @@ class Radio:
         if event == _IRQ_GATTS_WRITE:
             if data[1] == self.rx:
                 got = self.ble.gatts_read(self.rx)
-                if data[0] == self.conn and self.secure:
+                if data[0] == self.conn:
                     self._put(got)
         elif event == _IRQ_CENTRAL_CONNECT:
             self.conn = data[0]
@@ -250,6 +251,9 @@ class Radio:
 
     # ----- task side
 
+    # The stack lets only an authenticated link write RX, but the write of a phone that
+    # writes as soon as its side of the pairing ends may come before the ENCRYPTION_UPDATE
+    # that makes the link CONNECTED: it waits in the ring for +BTEVENT:CONNECTION,ON.
     async def _deliver(self):
         while True:
             await self._flag.wait()
@@ -258,7 +262,11 @@ class Radio:
                 if not on:
                     await self._flush()  # what came before the link went down first
                 events.emit("BTEVENT", "CONNECTION," + ("ON" if on else "OFF"))
-            await self._flush()
+                self._announced = on
+            if self._announced:
+                await self._flush()
+            elif self.conn is None:
+                self._tail = self._head  # written on a link that never became CONNECTED
             if self._readvertise:
                 self._readvertise = False
                 if self.advertising and self.conn is None:

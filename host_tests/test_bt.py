@@ -114,6 +114,10 @@ class Phone:
         self.call(go())
 
     def pair(self, passkey: int) -> None:
+        self.pair_config(passkey)
+        self.call(self.connection.pair())
+
+    def pair_config(self, passkey: int) -> None:
         self.device.pairing_config_factory = lambda _c: PairingConfig(
             sc=True,
             mitm=True,
@@ -123,7 +127,6 @@ class Phone:
             # virtual controllers do not resolve private addresses.
             identity_address_type=PairingConfig.AddressType.RANDOM,
         )
-        self.call(self.connection.pair())
 
     def encrypt(self) -> None:
         self.call(self.connection.encrypt())
@@ -147,6 +150,16 @@ class Phone:
 
     def disconnect(self) -> None:
         self.call(self.connection.disconnect())
+
+    def pair_and_write(self, passkey: int, data: bytes) -> None:
+        """Pair, then write the moment the phone's side of the pairing completes."""
+        self.pair_config(passkey)
+
+        async def go() -> None:
+            await self.connection.pair()
+            await self.peer.write_value(self.rx, data, with_response=True)
+
+        self.call(go())
 
 
 def hci_port(m: Module) -> int:
@@ -291,6 +304,20 @@ def test_find_pair_and_exchange(module: Module, phone: Phone) -> None:
     assert m.read_until(OFF, 10).endswith(OFF)
     assert m.cmd("AT+BTSTATE").endswith(b"+BTSTATE:DISCOVERABLE\r\n" + OK)
     assert m.cmd("AT+BTSEND=1") == ERROR
+
+
+def test_write_right_after_pairing_is_never_lost(module: Module, phone: Phone) -> None:
+    m = module
+    name = discoverable(m)
+    address = phone.find(name)
+    for i in range(20):
+        data = f"round {i:02d} from the phone".encode()
+        phone.connect(address)
+        phone.pair_and_write(123456, data)
+        got = m.read_until(data + b"\r\n", 10)
+        assert got.endswith(ON + f"\r\n+BTEVENT:DATA,{len(data)},".encode() + data + b"\r\n"), i
+        phone.disconnect()
+        assert m.read_until(OFF, 10).endswith(OFF)
 
 
 def test_wrong_passkey_is_refused(module: Module, phone: Phone) -> None:

@@ -26,6 +26,7 @@ from host_tests.module import ERROR, OK, Module
 NUS = UUID("6E400001-B5A3-F393-E0A9-E50E24DCCA9E")
 NUS_RX = UUID("6E400002-B5A3-F393-E0A9-E50E24DCCA9E")
 NUS_TX = UUID("6E400003-B5A3-F393-E0A9-E50E24DCCA9E")
+GAP_DEVICE_NAME = UUID.from_16_bits(0x2A00)
 ON = b"\r\n+BTEVENT:CONNECTION,ON\r\n"
 OFF = b"\r\n+BTEVENT:CONNECTION,OFF\r\n"
 
@@ -160,6 +161,14 @@ class Phone:
             await self.peer.write_value(self.rx, data, with_response=True)
 
         self.call(go())
+
+    def read_gatt(self, uuid: UUID) -> bytes:
+        async def go() -> bytes:
+            await self.peer.discover_services()
+            await self.peer.discover_characteristics()
+            return await self.peer.read_value(self.peer.get_characteristics_by_uuid(uuid)[0])
+
+        return self.call(go())
 
 
 def hci_port(m: Module) -> int:
@@ -318,6 +327,18 @@ def test_write_right_after_pairing_is_never_lost(module: Module, phone: Phone) -
         assert got.endswith(ON + f"\r\n+BTEVENT:DATA,{len(data)},".encode() + data + b"\r\n"), i
         phone.disconnect()
         assert m.read_until(OFF, 10).endswith(OFF)
+
+
+def test_gatt_device_name_is_the_btname(module: Module, phone: Phone) -> None:
+    m = module
+    assert m.cmd("AT+BTNAME=Kitchen-Sensor").endswith(OK)
+    phone.connect(phone.find(discoverable(m)))
+    assert phone.read_gatt(GAP_DEVICE_NAME) == b"Kitchen-Sensor"
+    phone.disconnect()
+    # Renamed while on: the next phone reads the new name.
+    assert m.cmd("AT+BTNAME=Hall-Sensor").endswith(OK)
+    phone.connect(phone.find("Hall-Sensor"))
+    assert phone.read_gatt(GAP_DEVICE_NAME) == b"Hall-Sensor"
 
 
 def test_wrong_passkey_is_refused(module: Module, phone: Phone) -> None:

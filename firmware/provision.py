@@ -9,9 +9,8 @@
 # the phone); it tries again if provisioning ends without a new network.
 #
 # Where the server listens (AT+SMARTHTTP, extension): port 80 of the soft AP's own address
-# by default (192.168.4.1). On the PC the soft AP's address is only a label, so the virtual
-# module is told AT+SMARTHTTP=127.0.0.1,<port> (the tests use a free port; host/world.json
-# names 8080 for people).
+# by default (192.168.4.1). On the PC the launcher maps 192.168.4.1:80 to a loopback port it
+# prints (host/board/socket.py); AT+SMARTHTTP=<ip>,<port> picks another address.
 #
 # HTTP interface (HTTP/1.1, one request per connection, "Connection: close"):
 #   GET  /             the set-up page: the networks of the last scan, and a form

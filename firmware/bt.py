@@ -23,15 +23,14 @@ import binascii
 import json
 
 import bluetooth
-import machine
 from micropython import const
 
 from firmware import ctx, events, log, settings
 from firmware.at import E_FAIL, E_STATE, E_TIMEOUT, AtError
+from firmware.btid import mac, name
 
 settings.defaults(
     {
-        "bt_name": "",  # AT+BTNAME ("": the default name, EMW3239_<last 3 bytes of the MAC>)
         "bt_passkey": "123456",  # AT+BTPASSKEY
         "bt_on": False,  # AT+BTDISCOVERY=ON: advertise, also after a restart
         "btevent": True,  # AT+BTEVENT=EN
@@ -81,18 +80,6 @@ _NUS_AD = b"\x11\x07\x9e\xca\xdc\x24\x0e\xe5\xa9\xe0\x93\xf3\xa3\xb5\x01\x00\x40
 CONNECTED = "CONNECTED"
 DISCONNECTED = "DISCONNECTED"
 DISCOVERABLE = "DISCOVERABLE"
-
-
-# The Bluetooth address: the board's base MAC + 2, as ESP-IDF derives it; readable without
-# powering the radio.
-def mac():
-    m = bytearray(machine.unique_id())
-    m[5] = (m[5] + 2) & 0xFF
-    return ":".join("{:02x}".format(b) for b in m)
-
-
-def name():
-    return ctx.settings["bt_name"] or "EMW3239_" + mac()[9:].replace(":", "").upper()
 
 
 class Radio:

@@ -392,3 +392,61 @@ def test_sntp_works_out_of_the_box(module: Module) -> None:
     when = datetime.strptime(hit.group(1).decode(), "%Y-%m-%dT%H:%M:%S.%f")
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     assert abs((when - now).total_seconds()) < 5
+
+
+# ----- pure parts, under CPython
+
+
+@pytest.mark.parametrize(
+    ("request_", "answered"),
+    [
+        (bytes([0x23]) + bytes(47), True),  # v4 client
+        (bytes([0x1B]) + bytes(47), True),  # v3 client: answered as v3
+        (bytes([0x24]) + bytes(47), False),  # a server's packet
+        (bytes([0x25]) + bytes(47), False),  # broadcast
+        (bytes([0x03]) + bytes(47), False),  # version 0
+        (bytes([0x23]) + bytes(46), False),  # short
+        (b"", False),
+    ],
+)
+def test_ntp_responder_answers_clients_only(request_: bytes, answered: bool) -> None:
+    from host import ntpd
+
+    request = bytearray(request_)
+    if len(request) >= 48:
+        request[40:48] = b"ORIGIN!!"
+    out = ntpd.reply(bytes(request), 1_800_000_000.25, 1_800_000_000.5)
+    assert (out is not None) == answered
+    if out:
+        head = ntpd.PACKET.unpack(out)
+        assert head[0] == (request[0] & 0x38) | 4 and head[1] == 1  # same version, server
+        assert out[24:32] == b"ORIGIN!!"  # the client's transmit time, echoed
+        assert head[9] == (1_800_000_000 + ntpd.NTP_1970) << 32 | 2**30  # receive, .25 s
+        assert head[10] == (1_800_000_000 + ntpd.NTP_1970) << 32 | 2**31  # transmit, .5 s
+
+
+@pytest.mark.parametrize(
+    ("ap", "error"),
+    [
+        ({"ssid": "a", "rssi": -60, "security": "WPA2/WPA3", "channel": 14}, None),
+        ({"ssid": "a", "dhcp": {"ip": "10.0.0.2", "dns": "8.8.8.8"}, "refuse": None}, None),
+        ({"ssid": "a", "rssi": "abc"}, "ap 'a'.rssi: 'abc' is not a whole number from -127 to 0"),
+        ({"ssid": "a", "rssi": True}, "ap 'a'.rssi: True is not a whole number from -127 to 0"),
+        ({"ssid": "a", "channel": 0}, "ap 'a'.channel: 0 is not a whole number from 1 to 14"),
+        ({"ssid": "a", "hidden": 1}, "ap 'a'.hidden: 1 is not true or false"),
+        ({"ssid": "a", "refuse": "always"}, "ap 'a'.refuse: 'always' is not one of None, "),
+        ({"ssid": "a", "dhcp": {"ip": "10.0.0.256"}}, "ap 'a'.dhcp.ip: '10.0.0.256' is not an"),
+        ({"ssid": "a", "dhcp": "auto"}, "ap 'a'.dhcp: must be a JSON object"),
+        ({"ssid": "", "rssi": -1}, "ap ''.ssid: '' is not text of 1 to 32 bytes"),
+        ({"ssid": "a", "pass": "x"}, "ap 'a': unknown key 'pass' (known: ssid, bssid,"),
+    ],
+)
+def test_world_schema(ap: dict, error: str | None) -> None:
+    from host.worldschema import WorldError, check_ap
+
+    if error is None:
+        check_ap(ap)
+    else:
+        with pytest.raises(WorldError) as e:
+            check_ap(ap)
+        assert str(e.value).startswith(error)

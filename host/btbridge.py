@@ -14,7 +14,7 @@ Two kinds of client reach it on 127.0.0.1:
 Frames, both ways: u16 big-endian length of what follows, u8 op, payload.
 Firmware -> bridge:
   ACTIVE     addr[6] on[1]               -> reply R_ACTIVE
-  CONFIG     JSON {gap_name, mtu, bond, mitm, io, le_secure}
+  CONFIG     JSON {gap_name, mtu, bond, mitm, io, le_secure}   (gap_name: the GAP Device Name)
   ADV        JSON {interval_us (null: stop), adv, resp (hex), connectable}
   REGISTER   JSON [[svc_uuid, [[uuid, flags, [[desc_uuid, flags]...]]...]]...] -> R_REGISTER
   NOTIFY     conn u16, handle u16, indicate u8, data

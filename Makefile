@@ -1,5 +1,5 @@
 # The EMW AT firmware: run it on the PC, test it, build it for and flash it to an ESP32.
-#   make run [LINK=build/uart STATE=build/state WORLD=host/world.json HEAP=110k PACE=1]
+#   make run [LINK=build/uart STATE=build/state WORLD=host/world.json HEAP=110k PACE=1 LISTEN=addr]
 #   make test | lint | build | flash PORT=/dev/ttyUSB0 | bench | clean
 
 LINK ?= build/uart
@@ -39,7 +39,7 @@ deps:
 
 run: $(STAMP)
 	$(PY) -m host.launcher --link $(LINK) --state $(STATE) --world $(WORLD) --heap $(HEAP) \
-		$(if $(PACE),--pace)
+		$(if $(PACE),--pace) $(if $(LISTEN),--listen $(LISTEN))
 
 # pytest exits 5 when no test ran: make reports that as a failure too.
 test: $(STAMP) deps lint

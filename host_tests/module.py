@@ -35,6 +35,7 @@ class Module:
         heap: str = "110k",
         pace: bool = False,
         start_timeout: float = 10.0,
+        options: tuple[str, ...] = (),
     ) -> None:
         if state_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="emw-")
@@ -62,6 +63,7 @@ class Module:
             cmd += ["--root", str(root)]
         if pace:
             cmd.append("--pace")
+        cmd += options  # more launcher options (--listen...)
         self._log = open(self.state_dir / "launcher.log", "ab")
         self.proc = subprocess.Popen(
             cmd,
@@ -74,7 +76,7 @@ class Module:
         self._buf = bytearray()
         self.fd = -1
         self.control = 0
-        info = self._read_banner(start_timeout)
+        info = self.banner = self._read_banner(start_timeout)
         self.uart = info["UART"]
         self.control = int(info["CONTROL"].rpartition(":")[2])
         self.fd = os.open(self.link, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)

@@ -42,3 +42,18 @@ async def write_all(s, data, idle_ms=0):
             raise OSError(errno.ETIMEDOUT)
         else:
             await asyncio.sleep_ms(_SPIN_MS)
+
+
+# Read what a non-blocking socket (TLS included) has into buf, waiting until something comes;
+# 0 when the peer closed.
+async def read_some(s, buf):
+    while True:
+        try:
+            n = s.readinto(buf)
+        except OSError as e:
+            if e.args[0] not in BUSY:
+                raise
+            n = None
+        if n is not None:
+            return n
+        await readable(s)

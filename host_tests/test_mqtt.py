@@ -179,9 +179,11 @@ def resync(w: Wire, timeout: float = 10) -> None:
             assert time.monotonic() < end, "no OK to AT after the reboot"
 
 
-def connect(w: Wire) -> None:
+def connect(w: Wire, *subs: int) -> None:
+    """AT+MQTTSTART: the stored ids `subs` are subscribed and reported before CONNECT,SUCCESS."""
     w.ok("AT+MQTTSTART")
-    w.expect(mqtt_event("CONNECT,SUCCESS"), timeout=10)
+    w.expect(*(f"+MQTTEVENT:{i},SUBSCRIBE,SUCCESS" for i in subs), mqtt_event("CONNECT,SUCCESS"),
+             timeout=10)  # fmt: skip
 
 
 _n = 0
@@ -302,8 +304,8 @@ def test_config_defaults_errors_persistence_autostart(module, broker):
     assert w.one("AT+UARTE?") == "+UARTE:OFF"
     w.expect(
         "+WEVENT:STATION_UP",
-        "+MQTTEVENT:CONNECT,SUCCESS",
         "+MQTTEVENT:3,SUBSCRIBE,SUCCESS",
+        "+MQTTEVENT:CONNECT,SUCCESS",
         timeout=20,
     )
     assert snapshot(w) == before
@@ -465,8 +467,7 @@ def test_keepalive_holds_idle_session(module, broker, tmp_path):
     w.ok("AT+MQTTKEEPALIVE=2")
     w.ok("AT+MQTTCID=idle")
     w.ok("AT+MQTTSUB=0,idle/t,1")
-    connect(w)
-    w.expect("+MQTTEVENT:0,SUBSCRIBE,SUCCESS")
+    connect(w, 0)
     w.quiet(6)  # 3 times the broker's 1.5 x keepalive limit
     assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,SUCCESS"
     assert broker.log().count("Received PINGREQ from idle") >= 4
@@ -479,12 +480,11 @@ def test_broker_restart(module, broker, tmp_path):
     w = ready(module, broker)
     w.ok("AT+MQTTSUB=2,r/x,1")
     w.ok("AT+MQTTSUB=4,r/y,2")
-    connect(w)
-    w.expect_set("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
-    # MQTTRECONN ON (the default): reconnect, then subscribe every stored id again
+    connect(w, 2, 4)
+    # MQTTRECONN ON (the default): reconnect, subscribe every stored id again, then SUCCESS
     broker.restart()
-    w.expect("+MQTTEVENT:CONNECT,RECONNECTING", "+MQTTEVENT:CONNECT,SUCCESS", timeout=10)
-    w.expect_set("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
+    w.expect("+MQTTEVENT:CONNECT,RECONNECTING", "+MQTTEVENT:2,SUBSCRIBE,SUCCESS",
+             "+MQTTEVENT:4,SUBSCRIBE,SUCCESS", "+MQTTEVENT:CONNECT,SUCCESS", timeout=10)  # fmt: skip
     assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,SUCCESS"
     publish(broker, "r/y", b"back", 2, tmp_path)
     w.expect(("RECV", 4, b"back"))
@@ -496,8 +496,8 @@ def test_broker_restart(module, broker, tmp_path):
     w.quiet(2.5)  # attempts at 0, 1 and 3 s fail quietly
     broker.start()
     w.ok("AT+MQTTSTART")  # waiting out its back-off: AT+MQTTSTART tries at once
-    w.expect("+MQTTEVENT:CONNECT,SUCCESS", timeout=3)
-    w.expect_set("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
+    w.expect("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS",
+             "+MQTTEVENT:CONNECT,SUCCESS", timeout=3)  # fmt: skip
     # MQTTRECONN OFF: a clean CONNECT,FAIL, and no attempt after that.
     w.ok("AT+MQTTRECONN=OFF")
     broker.stop()
@@ -505,8 +505,7 @@ def test_broker_restart(module, broker, tmp_path):
     assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,FAIL"
     broker.start()
     w.quiet(2)
-    connect(w)  # a new AT+MQTTSTART does connect
-    w.expect_set("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
+    connect(w, 2, 4)  # a new AT+MQTTSTART does connect
 
 
 # ----- TLS
@@ -538,9 +537,11 @@ def test_tls_server_verification(module, tmp_path):
         w.ok("AT+MQTTSUB=0,tls/in,2")
         w.ok("AT+MQTTSTART")  # the wrong CA: verification fails, no retrying
         w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
+        reason = w.one("AT+MQTTERR?")
+        assert reason.startswith("+MQTTERR:TLS: ") and "\r" not in reason, reason
+        assert w.one("AT+ERRNO") == "+ERRNO:7,MQTT: " + reason[9:]
         assert set_cert(w, 0, b.ca_path.read_bytes())
-        connect(w)
-        w.expect("+MQTTEVENT:0,SUBSCRIBE,SUCCESS")
+        connect(w, 0)
         sub = watch(b, "tls/out", 1)
         w.ok("AT+MQTTPUB=tls/out,1")
         w.ok(f"AT+MQTTSEND={len(BIN)}", BIN)
@@ -553,8 +554,7 @@ def test_tls_server_verification(module, tmp_path):
 def test_wifi_loss(module, broker, tmp_path):
     w = ready(module, broker)
     w.ok("AT+MQTTSUB=0,wl,1")
-    connect(w)
-    w.expect("+MQTTEVENT:0,SUBSCRIBE,SUCCESS")
+    connect(w, 0)
     module.ctl({"op": "ap", "ssid": "EMW-TEST", "set": {"present": False}})
     w.expect_set("+WEVENT:STATION_DOWN", "+MQTTEVENT:CONNECT,RECONNECTING", timeout=10)
     assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,RECONNECTING"
@@ -562,8 +562,8 @@ def test_wifi_loss(module, broker, tmp_path):
     module.ctl({"op": "ap", "ssid": "EMW-TEST", "set": {"present": True}})
     w.expect(
         "+WEVENT:STATION_UP",
-        "+MQTTEVENT:CONNECT,SUCCESS",
         "+MQTTEVENT:0,SUBSCRIBE,SUCCESS",
+        "+MQTTEVENT:CONNECT,SUCCESS",
         timeout=40,
     )
     publish(broker, "wl", b"over the air again", 1, tmp_path)

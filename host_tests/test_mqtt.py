@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +20,15 @@ from pathlib import Path
 import pytest
 
 from host_tests.module import Module
-from host_tests.mosquitto import Broker, have_mosquitto
+from host_tests.mosquitto import Broker, free_port, have_mosquitto
 
 pytestmark = pytest.mark.skipif(
     not have_mosquitto() or not shutil.which("mosquitto_sub"), reason="mosquitto not installed"
 )
 
 BIN = bytes(range(256))
+# What a driver's parser could take for a frame if the length were not honoured
+TRICKY = b"\r\nOK\r\n\x00\xff\r\n+MQTTRECV:0,3,abc\r\nERROR\r\n\r\n+MQTTEVENT:CONNECT,FAIL\r\n"
 Item = str | tuple[str, int, bytes]  # a line, or ("RECV", sub id, payload)
 
 
@@ -371,23 +375,29 @@ def test_publish_receive_qos_binary(module, broker, tmp_path):
                           (4, "deep/a/b", 2), (5, "bin", 2), (5, "bin", 0)]:  # fmt: skip
         publish(broker, topic, BIN, qos, tmp_path)
         w.expect(("RECV", i, BIN))
+    for qos in (0, 1, 2):
+        publish(broker, "bin", TRICKY, qos, tmp_path)
+        w.expect(("RECV", 5, TRICKY))
     big = bytes(range(256)) * 16  # 4096 bytes
     publish(broker, "bin", big, 1, tmp_path)
     w.expect(("RECV", 5, big))
 
     # Publish at QoS 0/1/2 with every byte value; mosquitto_sub checks what arrives.
-    sub = watch(broker, "out/#", 4)
+    sub = watch(broker, "out/#", 7)
     for qos in (0, 1, 2):
         w.ok(f"AT+MQTTPUB=out/q{qos},{qos}")
         w.ok(f"AT+MQTTSEND={len(BIN)}", BIN)
         w.expect("+MQTTEVENT:PUBLISH,SUCCESS")
         assert w.one("AT+MQTTSTATUS=publish") == "+MQTTSTATUS:PUBLISH,SUCCESS"
+        w.ok(f"AT+MQTTSEND={len(TRICKY)}", TRICKY)
+        w.expect("+MQTTEVENT:PUBLISH,SUCCESS")
     w.ok("AT+MQTTPUB=out/big,1")
     w.ok("AT+MQTTSEND=4096", big)
     w.expect("+MQTTEVENT:PUBLISH,SUCCESS")
     got, _ = sub.communicate(timeout=15)
     assert got.splitlines() == [
-        f"out/q0 0 {BIN.hex()}", f"out/q1 1 {BIN.hex()}", f"out/q2 2 {BIN.hex()}",
+        f"out/q0 0 {BIN.hex()}", f"out/q0 0 {TRICKY.hex()}", f"out/q1 1 {BIN.hex()}",
+        f"out/q1 1 {TRICKY.hex()}", f"out/q2 2 {BIN.hex()}", f"out/q2 2 {TRICKY.hex()}",
         f"out/big 1 {big.hex()}",
     ]  # fmt: skip
 
@@ -568,3 +578,122 @@ def test_wifi_loss(module, broker, tmp_path):
     )
     publish(broker, "wl", b"over the air again", 1, tmp_path)
     w.expect(("RECV", 0, b"over the air again"))
+
+
+# ----- event order, back-pressure, reasons
+
+
+def test_subscriptions_outlive_close(module, broker, tmp_path):
+    """Subscriptions are configuration (AT+MQTTSUB=? lists them): they outlive AT+MQTTCLOSE,
+    and a new session reports them before CONNECT,SUCCESS, so a driver that sends its next
+    command on CONNECT,SUCCESS reads exactly \\r\\nOK\\r\\n (15.2)."""
+    w = ready(module, broker)
+    connect(w)
+    w.ok("AT+MQTTSUB=1,keep/a,1")
+    w.ok("AT+MQTTSUB=4,keep/b,2")
+    w.expect_set("+MQTTEVENT:1,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
+    for _ in range(3):
+        w.ok("AT+MQTTCLOSE")
+        w.expect("+MQTTEVENT:CLOSE,SUCCESS")
+        assert w.query("AT+MQTTSUB=?") == ["+MQTTSUB:2", "1,keep/a,1", "4,keep/b,2"]
+        connect(w, 1, 4)
+        assert not w.events
+        for cmd in (b"AT+MQTTPUB=keep/b,1\r", b"AT+MQTTSTATUS=connect\r"):
+            module.write(cmd)
+            want = (
+                b"\r\nOK\r\n"
+                if cmd.startswith(b"AT+MQTTPUB")
+                else (b"\r\n+MQTTSTATUS:CONNECT,SUCCESS\r\n\r\nOK\r\n")
+            )
+            assert module.read_until(b"\r\nOK\r\n") == want
+        publish(broker, "keep/a", b"still here", 1, tmp_path)
+        w.expect(("RECV", 1, b"still here"))
+    # AT+MQTTUNSUB forgets one for good
+    w.ok("AT+MQTTUNSUB=1")
+    w.expect("+MQTTEVENT:1,UNSUBSCRIBE,SUCCESS")
+    w.ok("AT+MQTTCLOSE")
+    w.expect("+MQTTEVENT:CLOSE,SUCCESS")
+    connect(w, 4)
+
+
+def test_pipelined_qos1_sends_wait_for_room(module, broker):
+    """50 QoS 1 AT+MQTTSENDs back to back while the broker is frozen for 2 s: the window of 16
+    unacknowledged publishes fills, the next data phase waits for room, every one gets OK
+    and every message arrives, in order (15)."""
+    w = ready(module, broker)
+    connect(w)
+    w.ok("AT+MQTTPUB=bp/x,1")
+    n = 50
+    sub = watch(broker, "bp/#", n)
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)
+    thaw = threading.Timer(2, broker.proc.send_signal, (signal.SIGCONT,))
+    thaw.start()
+    try:
+        t0 = time.monotonic()
+        for k in range(n):
+            w.ok("AT+MQTTSEND=4", b"%02d\r\n" % k)
+        waited = time.monotonic() - t0
+    finally:
+        thaw.join()
+    assert waited > 1.5  # some data phase did wait for the broker
+    events = [w.event(10) for _ in range(n)]
+    assert events == ["+MQTTEVENT:PUBLISH,SUCCESS"] * n
+    got, _ = sub.communicate(timeout=15)
+    assert got.splitlines() == [f"bp/x 1 {(b'%02d' % k).hex()}0d0a" for k in range(n)]
+
+
+def test_failure_reasons(module, broker, tmp_path):
+    """AT+MQTTERR? says why the session last failed, in plain words on one line; AT+ERRNO
+    gives it after CONNECT,FAIL and after a command MQTT refuses (16.4)."""
+    w = ready(module, broker)
+    w.ok("AT+MQTTRECONN=OFF")
+    assert w.one("AT+MQTTERR?") == "+MQTTERR:"
+
+    def fails(why: str) -> None:
+        w.ok("AT+MQTTSTART")
+        w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
+        for form in ("AT+MQTTERR?", "AT+MQTTERR", "AT+MQTTERR=?"):
+            assert w.one(form) == "+MQTTERR:" + why
+        assert w.one("AT+ERRNO") == "+ERRNO:7,MQTT: " + why
+
+    closed = free_port()
+    w.ok(f"AT+MQTTSOCK={broker.host},{closed}")
+    fails("connection refused")
+    w.ok("AT+MQTTPUB=r/x,0")
+    w.error("AT+MQTTSEND=2", b"hi")
+    assert w.one("AT+ERRNO") == "+ERRNO:6,MQTT is not connected: connection refused"
+    w.ok("AT+MQTTSOCK=no.such.host.invalid,1883")
+    fails("DNS: cannot resolve no.such.host.invalid")
+
+    with Broker(tmp_path / "auth", user="user", password="secret") as b:
+        w.ok(f"AT+MQTTSOCK={b.host},{b.port}")
+        w.ok("AT+MQTTAUTH=user,wrong")
+        w.ok("AT+MQTTSTART")
+        w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
+        assert w.one("AT+MQTTERR?") in (
+            "+MQTTERR:broker refused: not authorized",
+            "+MQTTERR:broker refused: bad user name or password",
+        )
+    w.ok("AT+MQTTAUTH=,")
+
+    # keepalive: a broker that stops answering is dropped after two keepalive periods
+    w.ok(f"AT+MQTTSOCK={broker.host},{broker.port}")
+    w.ok("AT+MQTTKEEPALIVE=1")
+    connect(w)
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    assert w.one("AT+MQTTERR?") == "+MQTTERR:keepalive timeout: no packet from the broker in 2 s"
+    w.ok("AT+MQTTKEEPALIVE=60")
+    connect(w)
+    assert w.one("AT+MQTTERR?") == "+MQTTERR:"  # a new start forgets the old reason
+    broker.stop()
+    w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
+    assert w.one("AT+MQTTERR?") in (
+        "+MQTTERR:the broker closed the connection",
+        "+MQTTERR:connection reset by the broker",
+    )

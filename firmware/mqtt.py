@@ -191,10 +191,10 @@ class Session:
             if self._attempting:
                 return
             self._task.cancel()  # waiting for Wi-Fi or in back-off: try at once instead
-        if self._tx is None:
-            self._tx = bytearray(_TX)
-            self._rx = mqttpkt.Reader(_RX)
-            self._lock = asyncio.Lock()
+        if self._tx is None:  # all or none (MemoryError)
+            tx = bytearray(_TX)
+            rx = mqttpkt.Reader(_RX)
+            self._tx, self._rx, self._lock = tx, rx, asyncio.Lock()
         self._addr = None
         self.error = ""
         self.status = CONNECTING

@@ -144,6 +144,10 @@ class Wire:
         self.m.expect_silence(seconds)
 
 
+def memfree(w: Wire) -> int:
+    return int(w.one("AT+MEMFREE").split(":")[1])
+
+
 def mqtt_event(word: str) -> str:
     return "+MQTTEVENT:" + word
 
@@ -592,11 +596,14 @@ def test_subscriptions_outlive_close(module, broker, tmp_path):
     w.ok("AT+MQTTSUB=1,keep/a,1")
     w.ok("AT+MQTTSUB=4,keep/b,2")
     w.expect_set("+MQTTEVENT:1,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
+    free = []  # AT+MEMFREE after each AT+MQTTCLOSE
     for _ in range(3):
         w.ok("AT+MQTTCLOSE")
         w.expect("+MQTTEVENT:CLOSE,SUCCESS")
+        free.append(memfree(w))
         assert w.query("AT+MQTTSUB=?") == ["+MQTTSUB:2", "1,keep/a,1", "4,keep/b,2"]
         connect(w, 1, 4)
+        assert memfree(w) < free[-1] - 5000  # the session's packet buffers
         assert not w.events
         for cmd in (b"AT+MQTTPUB=keep/b,1\r", b"AT+MQTTSTATUS=connect\r"):
             module.write(cmd)
@@ -608,6 +615,7 @@ def test_subscriptions_outlive_close(module, broker, tmp_path):
             assert module.read_until(b"\r\nOK\r\n") == want
         publish(broker, "keep/a", b"still here", 1, tmp_path)
         w.expect(("RECV", 1, b"still here"))
+    assert abs(free[2] - free[1]) < 1000, free  # closing gives them back
     # AT+MQTTUNSUB forgets one for good
     w.ok("AT+MQTTUNSUB=1")
     w.expect("+MQTTEVENT:1,UNSUBSCRIBE,SUCCESS")

@@ -9,7 +9,9 @@
 #                  broker answers (stored while not connected: subscribed at each connect)
 #   AT+MQTTUNSUB=  OK, then +MQTTEVENT:<id>,UNSUBSCRIBE,SUCCESS | <id>,UNSUBSCRIBE,FAIL
 #   AT+MQTTSEND=   >, <len> bytes, OK, then +MQTTEVENT:PUBLISH,SUCCESS | PUBLISH,FAIL
-#                  (ERROR after the data if not connected or no AT+MQTTPUB topic)
+#                  (ERROR after the data if not connected or no AT+MQTTPUB topic). With 16
+#                  requests awaiting their acks, the OK waits up to 10 s for room (so does
+#                  AT+MQTTSUB/UNSUB): ERROR only if none comes.
 #   AT+MQTTCLOSE   OK, then +MQTTEVENT:CLOSE,SUCCESS if a session was started
 #   messages       +MQTTRECV:<sub id>,<len>,<payload>
 # Extension: AT+MQTTERR? -> +MQTTERR:<why the session last failed> (empty if it never did).

@@ -650,6 +650,17 @@ def test_pipelined_qos1_sends_wait_for_room(module, broker):
     got, _ = sub.communicate(timeout=15)
     assert got.splitlines() == [f"bp/x 1 {(b'%02d' % k).hex()}0d0a" for k in range(n)]
 
+    # Subscribed to its own topic: the messages coming back share the UART with the replies
+    w.ok("AT+MQTTSUB=0,bp/#,1")
+    w.expect("+MQTTEVENT:0,SUBSCRIBE,SUCCESS")
+    for k in range(n):
+        w.ok("AT+MQTTSEND=4", b"%02d\r\n" % k)
+    got = [w.event(10) for _ in range(2 * n)]
+    assert [x for x in got if isinstance(x, tuple)] == [
+        ("RECV", 0, b"%02d\r\n" % k) for k in range(n)
+    ]
+    assert got.count("+MQTTEVENT:PUBLISH,SUCCESS") == n
+
 
 def test_failure_reasons(module, broker, tmp_path):
     """AT+MQTTERR? says why the session last failed, in plain words on one line; AT+ERRNO

@@ -6,7 +6,8 @@
 # Tasks, owned by the session and cancelled with it:
 #   session  connect (CONNECT, CONNACK, SUBSCRIBE of the stored ids), wait for the connection
 #            to be lost, then reconnect with back-off or give up
-#   reader   read packets: acks complete requests, messages go to the UART
+#   reader   read packets: acks complete requests, messages are held for the deliverer
+#   deliver  write held messages to the UART once no response is open
 #   watch    keepalive pings, a silent broker, Wi-Fi loss, acks that never come
 # Handlers write their packet and answer OK; outcomes arrive as +MQTTEVENT from the reader.
 # Messages arrive as +MQTTRECV:<sub id>,<len>,<payload> (wire notes).
@@ -163,7 +164,7 @@ class Session:
         self.pub = None  # result word of the latest publish (None: none yet or awaiting)
         self.error = ""  # why the session last failed (AT+MQTTERR)
         self._task = None  # the session task while started, else None
-        self._tasks = ()  # reader and watchdog of the current connection
+        self._tasks = ()  # reader, deliverer and watchdog of the current connection
         self._attempting = False  # the session task is connecting now (not waiting)
         self._sock = None
         self._tx = None  # packet buffer (bytearray), from AT+MQTTSTART to AT+MQTTCLOSE
@@ -175,7 +176,9 @@ class Session:
         self._rel = set()  # ids of QoS 2 messages delivered, awaiting their PUBREL
         self._addr = None  # (host, port, address) resolved for this session
         self._last_rx = 0  # ticks of the latest bytes from the broker
-        self._busy = False  # the reader holds a message until the UART is idle
+        self._held = asyncio.Event()  # set when the reader holds a message for the UART
+        self._freed = asyncio.Event()  # set when the deliverer gives the reader room again
+        self._busy = False  # the reader waits for room: held messages fill its buffer
         self._lost = None  # asyncio.Event of the current connection: set when it is lost
 
     def up(self):
@@ -361,7 +364,7 @@ class Session:
             self.subs[i] = SUB_FAIL if code == mqttpkt.SUB_FAILURE else SUB_OK
             events.emit("MQTTEVENT", "{},{}".format(i, self.subs[i]))
 
-    # Connected: run reader and watchdog until the connection is lost.
+    # Connected: run reader, deliverer and watchdog until the connection is lost.
     async def _serve(self):
         self.status = CONNECTED
         events.emit("MQTTEVENT", CONNECTED)
@@ -369,6 +372,7 @@ class Session:
         lost = self._lost = asyncio.Event()
         self._tasks = (
             asyncio.create_task(self._read(lost)),
+            asyncio.create_task(self._deliver()),
             asyncio.create_task(self._watch(lost)),
         )
         try:
@@ -442,15 +446,23 @@ class Session:
             p = rx.next()
             if p is not None:
                 return p
-            n = await read_some(self._sock, rx.space())
+            space = rx.space()
+            if not space:
+                self._busy = True
+                self._freed.clear()
+                await self._freed.wait()
+                self._busy = False
+                continue
+            n = await read_some(self._sock, space)
             if not n:
                 raise Failure("the broker closed the connection")
             rx.filled(n)
             self._last_rx = time.ticks_ms()
 
-    # Reader: handle packets until the connection fails. A message is only written while no
-    # response is open on the UART, so a +MQTTRECV goes out whole, never inside a response
-    # (data waits in the socket meanwhile: TCP back-pressure, no copy held here).
+    # Reader: handle packets until the connection fails. Messages stay in its buffer until the
+    # deliverer has written them, and it reads on past them (acks are never stuck behind a
+    # message waiting for the UART); when they fill the buffer, data waits in the socket
+    # (TCP back-pressure, no copy held here).
     async def _read(self, lost):
         try:
             while True:
@@ -460,7 +472,6 @@ class Session:
             if isinstance(e, (ValueError, IndexError)):
                 e = Failure("the broker sent a malformed packet")
             self._failed(e)
-        self._busy = False
         lost.set()
 
     async def _handle(self, first, body):
@@ -471,7 +482,8 @@ class Session:
             topic, pid, payload = mqttpkt.publish_parts(first, body)
             qos = first >> 1 & 3
             if qos < 2 or pid not in self._rel:  # a QoS 2 resent before PUBREL came: once
-                await self._deliver(topic, payload)
+                self._rx.hold(first, body)
+                self._held.set()
             if qos == 1:
                 await self._send(mqttpkt.ack, (mqttpkt.PUBACK, pid))
             elif qos == 2:
@@ -491,23 +503,20 @@ class Session:
             self._done(mqttpkt.pid(body), body[2])
         # PINGRESP: its arrival is all that counts (_last_rx)
 
-    # A message, to the lowest id whose filter matches its topic. Messages are data, not
-    # status events: they are always delivered, whatever AT+MQTTEVENT says.
-    async def _deliver(self, topic, payload):
-        try:
-            t = str(topic, "utf-8")
-        except UnicodeError:
-            t = ""
-        for i in range(SUBS):
-            e = sub(i)
-            if e and mqttpkt.match(e[0], t):
-                self._busy = True
-                await ctx.serial.until_idle()
-                self._busy = False
-                # no await between until_idle() and push()
-                ctx.serial.push("+MQTTRECV:{},{},".format(i, len(payload)), payload)
-                return
-        log.info("mqtt: message on {!r} matches no subscription".format(t))
+    # Deliverer: the held messages go out as soon as no response is open on the UART, all at
+    # once, so a +MQTTRECV goes out whole, never inside a response.
+    async def _deliver(self):
+        rx = self._rx
+        while True:
+            await self._held.wait()
+            self._held.clear()
+            await ctx.serial.until_idle()
+            # no await from here to the last push()
+            for first, body in rx.held():
+                topic, _, payload = mqttpkt.publish_parts(first, body)
+                _push(topic, payload)
+            rx.release()
+            self._freed.set()
 
     # Watchdog: PINGREQ every keepalive/2; the broker is dead after 2 keepalives without a
     # packet; Wi-Fi loss drops the connection (as the board's stack would); ack deadlines.
@@ -634,6 +643,21 @@ class Session:
         self._failed(e)
         if self._lost is not None:
             self._lost.set()
+
+
+# A message, to the lowest id whose filter matches its topic. Messages are data, not status
+# events: they are always delivered, whatever AT+MQTTEVENT says.
+def _push(topic, payload):
+    try:
+        t = str(topic, "utf-8")
+    except UnicodeError:
+        t = ""
+    for i in range(SUBS):
+        e = sub(i)
+        if e and mqttpkt.match(e[0], t):
+            ctx.serial.push("+MQTTRECV:{},{},".format(i, len(payload)), payload)
+            return
+    log.info("mqtt: message on {!r} matches no subscription".format(t))
 
 
 _session = None

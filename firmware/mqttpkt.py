@@ -160,25 +160,46 @@ def publish_parts(first, body):
 # Packets from a byte stream: receive into space(), report the count with filled(n), then
 # take packets with next() until it says None. A packet is (first byte, body) with the body a
 # memoryview valid until the next space(); a packet larger than the buffer is skipped and
-# returned once as (first byte, None).
+# returned once as (first byte, None). hold() keeps the packet next() just returned in the
+# buffer (reading goes on after it) until release(); held() gives the held packets again.
 class Reader:
     def __init__(self, size):
         self._mv = memoryview(bytearray(size))
         self._start = 0  # first byte not taken yet
         self._end = 0  # end of the bytes received
         self._skip = 0  # bytes of a skipped packet still to come
+        self._held = []  # [first byte, body offset, body length] of each held packet
 
     def clear(self):
         self._start = self._end = self._skip = 0
+        self._held = []
 
+    # Where to receive: the free end of the buffer, after moving what is still needed (held
+    # packets, unread bytes) to the front. Empty while held packets fill the buffer.
     def space(self):
-        s = self._start
+        held = self._held
+        s = held[0][1] if held else self._start
         if s:
             n = self._end - s
             self._mv[:n] = self._mv[s : self._end]
-            self._start = 0
+            self._start -= s
             self._end = n
+            for h in held:
+                h[1] -= s
         return self._mv[self._end :]
+
+    def hold(self, first, body):
+        self._held.append([first, self._start - len(body), len(body)])
+
+    def held(self):
+        mv = self._mv
+        return [(h[0], mv[h[1] : h[1] + h[2]]) for h in self._held]
+
+    def holding(self):
+        return bool(self._held)
+
+    def release(self):
+        self._held = []
 
     def filled(self, n):
         drop = min(n, self._skip)
@@ -208,7 +229,7 @@ class Reader:
         first = mv[s]
         if i - s + n > len(mv):
             self._skip = n - (e - i)
-            self._start = self._end = 0
+            self._start = self._end = s
             return first, None
         if e - i < n:
             return None

@@ -65,10 +65,14 @@ def packets(r: p.Reader) -> list:
     return out
 
 
-def feed(r: p.Reader, data: bytes) -> list:
+def fill(r: p.Reader, data: bytes) -> None:
     sp = r.space()
     sp[: len(data)] = data
     r.filled(len(data))
+
+
+def feed(r: p.Reader, data: bytes) -> list:
+    fill(r, data)
     return packets(r)
 
 
@@ -98,6 +102,31 @@ def test_decoder_skips_a_packet_larger_than_its_buffer():
     r = p.Reader(64)
     got = feed(r, big[:50]) + feed(r, big[50:90]) + feed(r, big[90:] + after)
     assert got == [(0x30, None), (0xD0, b"")]
+
+
+def test_decoder_holds_packets_while_reading_on():
+    """Held messages stay intact while later packets are read and the buffer is compacted;
+    release() gives their room back."""
+    m1 = enc(p.publish, 1, b"t", b"a" * 20, 1)
+    m2 = enc(p.publish, 2, b"t", b"b" * 20, 1)
+    r = p.Reader(64)
+    fill(r, b"\xd0\x00" + m1 + b"\x40\x02\x00")
+    first, body = r.next()
+    assert (first, bytes(body)) == (0xD0, b"")
+    first, body = r.next()
+    assert (first, bytes(body)) == (0x32, m1[2:])
+    r.hold(first, body)
+    assert r.next() is None  # the PUBACK is not whole yet
+    assert feed(r, b"\x07") == [(0x40, b"\x00\x07")]  # read past the held message
+    fill(r, m2)
+    first, body = r.next()
+    r.hold(first, body)
+    assert len(r.space()) == 64 - (len(m1) - 2) - 4 - len(m2)  # held bodies and m2 remain
+    assert [(f, bytes(b)) for f, b in r.held()] == [(0x32, m1[2:]), (0x32, m2[2:])]
+    assert r.holding()
+    r.release()
+    assert not r.holding()
+    assert len(r.space()) == 64
 
 
 def test_decoder_refuses_a_malformed_length():

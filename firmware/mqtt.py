@@ -207,9 +207,9 @@ class Session:
     # was a session.
     def close(self):
         had = self._task is not None or self.up()
-        if self.up():
+        if self.up() and not self._lock.locked():  # not inside another packet
             try:  # one try without waiting: the broker sees the connection close anyway
-                self._sock.write(b"\xe0\x00")  # DISCONNECT
+                self._sock.write(self._tx[: mqttpkt.disconnect(self._tx)])
             except OSError:
                 pass
         if self._task is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from firmware import mqttpkt
 from host_tests.module import Module
 from host_tests.mosquitto import Broker, free_port, have_mosquitto
 
@@ -716,3 +718,88 @@ def test_failure_reasons(module, broker, tmp_path):
         "+MQTTERR:the broker closed the connection",
         "+MQTTERR:connection reset by the broker",
     )
+
+
+# ----- a broker that misbehaves on purpose (scripted with the codec under CPython)
+
+
+class FakeBroker:
+    """Accepts one connection at a time; `script(conn)` plays the broker's side."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.reader = mqttpkt.Reader(8192)
+
+    def serve(self, script) -> threading.Thread:
+        def run() -> None:
+            conn, _ = self.sock.accept()
+            with conn:
+                self.reader.clear()
+                script(conn)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    def packet(self, conn: socket.socket) -> tuple[int, bytes]:
+        while (p := self.reader.next()) is None:
+            space = self.reader.space()
+            n = conn.recv_into(space)
+            assert n, "the module closed the connection"
+            self.reader.filled(n)
+        return p[0], bytes(p[1])
+
+    @staticmethod
+    def send(conn: socket.socket, encode, *args) -> None:
+        buf = bytearray(8192)
+        conn.sendall(buf[: encode(buf, *args)])
+
+
+def test_misbehaving_broker(module):
+    """QoS 2 resent before PUBREL is delivered once; a packet too large for the buffer is
+    dropped and the session goes on; a malformed packet ends the session with a reason; a
+    CONNACK refusal is given in words. The module answers all along."""
+    fake = FakeBroker()
+    w = ready(module)
+    w.ok(f"AT+MQTTSOCK=127.0.0.1,{fake.port}")
+    w.ok("AT+MQTTRECONN=OFF")
+    w.ok("AT+MQTTSUB=0,f/#,2")
+    seen: list[tuple[int, bytes]] = []
+
+    def script(conn: socket.socket) -> None:
+        assert fake.packet(conn)[0] >> 4 == mqttpkt.CONNECT
+        conn.sendall(b"\x20\x02\x00\x00")
+        first, body = fake.packet(conn)
+        assert first == 0x82 and body[2:] == b"\x00\x03f/#\x02"
+        conn.sendall(b"\x90\x03" + body[:2] + b"\x02")
+        fake.send(conn, mqttpkt.publish, 7, b"f/a", b"one", 2)
+        fake.send(conn, mqttpkt.publish, 7, b"f/a", b"one", 2, True)  # DUP, before PUBREL
+        seen.extend(fake.packet(conn) for _ in range(2))
+        fake.send(conn, mqttpkt.ack, mqttpkt.PUBREL, 7)
+        seen.append(fake.packet(conn))
+        fake.send(conn, mqttpkt.publish, 0, b"f/big", b"x" * 6000, 0)
+        fake.send(conn, mqttpkt.publish, 8, b"f/b", b"two", 1)
+        seen.append(fake.packet(conn))
+        conn.sendall(b"\x30\xff\xff\xff\xff\x01")  # a remaining length of five bytes
+        time.sleep(1)
+
+    t = fake.serve(script)
+    connect(w, 0)
+    w.expect(("RECV", 0, b"one"), ("RECV", 0, b"two"), "+MQTTEVENT:CONNECT,FAIL")
+    t.join(5)
+    assert seen == [(0x50, b"\x00\x07"), (0x50, b"\x00\x07"), (0x70, b"\x00\x07"),
+                    (0x40, b"\x00\x08")]  # fmt: skip
+    assert w.one("AT+MQTTERR?") == "+MQTTERR:the broker sent a malformed packet"
+
+    def refuse(conn: socket.socket) -> None:
+        fake.packet(conn)
+        conn.sendall(b"\x20\x02\x00\x02")
+        time.sleep(0.5)
+
+    t = fake.serve(refuse)
+    w.ok("AT+MQTTSTART")
+    w.expect("+MQTTEVENT:CONNECT,FAIL")
+    t.join(5)
+    assert w.one("AT+MQTTERR?") == "+MQTTERR:broker refused: client identifier rejected"
+    w.ok("AT")

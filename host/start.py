@@ -61,7 +61,7 @@ def _run(path):
     return True
 
 
-# On the board, machine, network, esp32 are C modules and umqtt is frozen: they cost no heap.
+# On the board, machine, network, esp32 are C modules: they cost no heap.
 # Here they are Python, so the launcher gives the VM a larger heap; this imports every
 # stand-in now, then takes back the surplus in one ballast block, leaving the firmware the
 # free heap a board with EMW_HEAP bytes would have.

@@ -67,6 +67,7 @@ class Launcher:
         self.world_src = Path(args.world) if args.world else None
         self.heap = int(args.heap * WORD_SCALE_64)  # the VM heap the firmware may use
         self.pace = args.pace
+        self.image = args.image  # the MicroPython image flashed (its partition table)
         self.stdin_stop = args.stdin_stop
         self.root = Path(args.root).resolve() if args.root else ROOT
         self.micropython = str(Path(sys.executable).parent / "micropython")
@@ -107,6 +108,7 @@ class Launcher:
         loop = asyncio.get_running_loop()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.console = open(self.state_dir / "console.log", "ab")
+        self.flash_image()
         self.copy_world()
         self.compile()
         self.open_pty()
@@ -241,6 +243,16 @@ class Launcher:
                     self.crashes.clear()
                     await asyncio.sleep(CRASH_PAUSE)
 
+    # The partition table is on the flash: --image replaces it, else the state's one stays.
+    def flash_image(self) -> None:
+        stored = self.state_dir / "image"
+        if self.image:
+            stored.write_text(self.image + "\n")
+        elif stored.exists():
+            self.image = stored.read_text().strip()
+        else:
+            self.image = "generic"
+
     # Start the firmware, wait for it to end and return its exit code.
     async def boot(self, cause: str, wake: str) -> int:
         self.boots += 1
@@ -259,6 +271,7 @@ class Launcher:
                 "EMW_WAKE": wake,
                 "EMW_MPY": str(self.mpy_dir),
                 "EMW_HEAP": str(self.heap),
+                "EMW_IMAGE": self.image,
                 "EMW_BT": f"127.0.0.1:{self.bt.fw_port}" if self.bt else "",
             }
         )
@@ -514,6 +527,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the ESP32 heap to model (scaled for the 64-bit VM)",
     )
     p.add_argument("--pace", action="store_true", help="relay at the configured baud rate")
+    p.add_argument(
+        "--image",
+        choices=("generic", "generic-ota"),
+        help="MicroPython image flashed: ESP32_GENERIC (default) or ESP32_GENERIC-OTA",
+    )
     p.add_argument("--root", default=None, help="folder holding boot.py/main.py (default: repo)")
     p.add_argument("--stdin-stop", action="store_true", help="stop when stdin reaches EOF")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -33,6 +33,10 @@ _IDLE_MS = const(5000)  # a server silent this long mid-transfer has failed
 _SPIN_MS = const(5)  # poll period of a busy non-blocking socket
 _MARGIN = const(4)  # blocks kept free on the filesystem besides the release
 _NEW = "ota/new"  # staging folder
+# A full filesystem: littlefs's LFS_ERR_NOSPC, newlib's ENOSPC (28). The ESP32's errno module
+# has no ENOSPC name.
+_ENOSPC = const(28)
+_NO_OTA_PARTITION = "this image has no OTA partition: flash ESP32_GENERIC-OTA"
 
 _task = None  # the running AT+OTASTART
 
@@ -318,11 +322,19 @@ async def _file(http, prefix, path, size, sha):
     _check(h, sha, path)
 
 
-# The MicroPython image into the next app partition, sector by sector, then read back.
-async def _image(http, prefix, path, size, sha):
-    import esp32
+# The app partition an image goes to. ESP32_GENERIC has one factory app and no other:
+# get_next_update() raises OSError(ENOENT) there (ports/esp32/esp32_partition.c).
+def _next_app():
+    try:
+        import esp32
 
-    part = esp32.Partition(esp32.Partition.RUNNING).get_next_update()
+        return esp32.Partition(esp32.Partition.RUNNING).get_next_update()
+    except (ImportError, OSError):
+        raise Fail("IMAGE", _NO_OTA_PARTITION)
+
+
+# The MicroPython image into the next app partition, sector by sector, then read back.
+async def _image(http, part, prefix, path, size, sha):
     if size > part.info()[3] or size == 0:
         raise Fail("IMAGE", "{} bytes do not fit {}".format(size, part.info()[4]))
     n = await http.get(prefix + path)
@@ -358,7 +370,6 @@ async def _image(http, prefix, path, size, sha):
         h.update(memoryview(block)[: min(left, _BLOCK)])
         left -= _BLOCK
     _check(h, sha, path + " (read back)")
-    return part
 
 
 def _free_bytes():
@@ -382,6 +393,7 @@ async def _install(version):
         if not any(p == "firmware/app.mpy" for p, _, _ in files):
             raise Fail("MANIFEST", "no firmware/app.mpy")
         image = _entry(m["image"]) if m.get("image") else None
+        part = _next_app() if image else None
         slot = ota.free_slot()
         if slot is None:
             raise Fail("STATE", "an update waits for confirmation")
@@ -394,7 +406,8 @@ async def _install(version):
         for p, n, h in files:
             await _file(http, prefix, p, n, h)
             gc.collect()
-        part = await _image(http, prefix, *image) if image else None
+        if image:
+            await _image(http, part, prefix, *image)
     finally:
         http.close()
     # The switch: the staged tree takes the free slot, then one atomic write arms it.
@@ -416,29 +429,37 @@ async def _install(version):
     log.info("ota: {} staged in ota/{}, restarting".format(version, slot))
 
 
+# The +OTAEVENT:FAIL reason word and AT+ERRNO detail of what stopped an update.
+def _failure(e):
+    if isinstance(e, Fail):
+        return e.reason, e.detail
+    if isinstance(e, OSError) and e.args and e.args[0] == _ENOSPC:
+        return "NOSPACE", "flash full"
+    if isinstance(e, OSError):
+        return "FLASH", repr(e)
+    if isinstance(e, MemoryError):
+        return "MEMORY", "out of memory"
+    log.exc(e, "ota")
+    return "INTERNAL", repr(e)
+
+
 async def _update(version):
     global _task
-    events.emit("OTAEVENT", "START")
     try:
+        events.emit("OTAEVENT", "START")
         await _install(version)
     except Exception as e:
-        if isinstance(e, Fail):
-            reason, detail = e.reason, e.detail
-        elif isinstance(e, OSError) and e.args[0] == errno.ENOSPC:
-            reason, detail = "NOSPACE", "flash full"
-        elif isinstance(e, OSError):
-            reason, detail = "FLASH", repr(e)
-        elif isinstance(e, MemoryError):
-            reason, detail = "MEMORY", "out of memory"
-        else:
-            log.exc(e, "ota")
-            reason, detail = "INTERNAL", repr(e)
-        settings.remove_tree(_NEW)
-        gc.collect()
-        log.info("ota: {} failed: {} {}".format(version, reason, detail))
-        ctx.serial.last_error = (at.E_FAIL, "OTA {}: {}".format(reason, detail))
+        # Whatever went wrong, the host hears FAIL and AT+OTASTART works again.
         _task = None
+        reason, detail = _failure(e)
+        ctx.serial.last_error = (at.E_FAIL, "OTA {}: {}".format(reason, detail))
         events.emit("OTAEVENT", "FAIL," + reason)
+        log.info("ota: {} failed: {} {}".format(version, reason, detail))
+        try:
+            settings.remove_tree(_NEW)
+        except OSError as e2:
+            log.info("ota: cannot remove {}: {!r}".format(_NEW, e2))
+        gc.collect()
         return
     await ctx.serial.until_idle()
     events.emit("OTAEVENT", "SUCCESS")  # no await since: goes out now, before the reset

@@ -6,16 +6,12 @@ import network
 from micropython import const
 
 from firmware import ctx, events, settings
+from firmware.wifi_reasons import ERR_NO_SSID, ERR_PASSWORD, ERR_UNKNOWN, join_error
 
 # Station states, as AT+WJAPS names them.
 DOWN = "STATION_DOWN"
 CONNECTING = "CONNECTING"
 UP = "STATION_UP"
-
-# Failure codes of AT+WJAPS.
-ERR_UNKNOWN = const(0)
-ERR_PASSWORD = const(1)
-ERR_NO_SSID = const(2)
 
 _JOIN_TIMEOUT_MS = const(20000)  # drivers wait up to 20 s for STATION_UP (wire notes)
 _POLL_MS = const(100)  # status polling while joining
@@ -37,15 +33,6 @@ settings.defaults(
         "scanopt": 0,
     }
 )
-
-# Station status codes that end an attempt, and their AT+WJAPS failure code.
-_FAILURES = {
-    network.STAT_WRONG_PASSWORD: ERR_PASSWORD,
-    network.STAT_NO_AP_FOUND: ERR_NO_SSID,
-    network.STAT_ASSOC_FAIL: ERR_UNKNOWN,
-    network.STAT_HANDSHAKE_TIMEOUT: ERR_UNKNOWN,
-    network.STAT_BEACON_TIMEOUT: ERR_UNKNOWN,
-}
 
 _AUTH_NAMES = {
     network.AUTH_OPEN: "OPEN",
@@ -136,13 +123,14 @@ class Station:
             if w.isconnected():
                 return True
             status = w.status()
-            if status in _FAILURES and (status != stale or waited >= _STALE_MS):
+            error = join_error(status)
+            if error is not None and (status != stale or waited >= _STALE_MS):
                 break
             await asyncio.sleep_ms(_POLL_MS)
             waited += _POLL_MS
         else:
-            status = None
-        self.error = _FAILURES.get(status, ERR_UNKNOWN)
+            error = ERR_UNKNOWN
+        self.error = error
         w.disconnect()
         return False
 

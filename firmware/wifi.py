@@ -107,7 +107,10 @@ class Station:
         if ctx.settings["dhcp"]:
             w.ipconfig(dhcp4=True)
         else:
-            w.ifconfig(tuple(ctx.settings["sta_ip"]))
+            ip, mask, gw, dns = ctx.settings["sta_ip"]
+            w.ipconfig(addr4=(ip, mask), gw4=gw)
+            if dns != _NO_ADDR[0]:  # esp-netif refuses 0.0.0.0 as a DNS server
+                network.ipconfig(dns=dns)
         self.state = CONNECTING
         try:
             w.connect(ssid, key or None)
@@ -170,10 +173,12 @@ class SoftAP:
         self.apply_ip()
         events.emit("WEVENT", "AP_UP")
 
+    # The soft AP's address. Its DNS is the one its DHCP server offers to phones, not the
+    # resolver the station uses (esp-netif keeps them apart).
     def apply_ip(self):
         if self.wlan.active():
             ip, mask, gw = ctx.settings["ap_ip"]
-            self.wlan.ifconfig((ip, mask, gw, gw))
+            self.wlan.ifconfig((ip, mask, gw, ip))
 
     def stop(self):
         if self.wlan.active():

@@ -315,3 +315,26 @@ def test_static_address(m):
     m.read_until(DOWN)
     join(m)
     assert b"192.168.31.50" not in m.cmd("AT+WJAPIP?")
+
+
+def test_soft_ap_address_keeps_the_station_resolver(m):
+    """lwIP has one resolver; configuring the soft AP (its DHCP server's DNS) leaves it be."""
+    join(m)
+    before = m.cmd("AT+WJAPIP?")
+    assert re.fullmatch(
+        rb"\r\n\+WJAPIP:(\d+\.\d+\.\d+\.\d+,){3}\d+\.\d+\.\d+\.\d+\r\n" + OK, before
+    )
+    assert m.cmd("AT+WSAP=EMW-MODULE,abcdefgh") == OK
+    m.read_until(b"AP_UP\r\n")
+    assert m.cmd("AT+WSAPIP=192.168.8.1,255.255.255.0,192.168.8.1") == OK
+    assert m.cmd("AT+WSAPIP?") == reply(b"+WSAPIP:192.168.8.1,255.255.255.0,192.168.8.1")
+    assert m.cmd("AT+WJAPIP?") == before
+
+
+def test_static_address_without_dns(m):
+    """DHCP off with no DNS server stored: the station still joins (esp-netif refuses a
+    0.0.0.0 DNS server, so none is set)."""
+    assert m.cmd("AT+WJAPIP=192.168.31.50,255.255.255.0,192.168.31.1,0.0.0.0") == OK
+    join(m)
+    got = m.cmd("AT+WJAPIP?")
+    assert got.startswith(b"\r\n+WJAPIP:192.168.31.50,255.255.255.0,192.168.31.1,"), got

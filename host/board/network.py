@@ -233,6 +233,7 @@ class WLAN:
             if if_id == AP_IF:
                 o._cfg["ssid"] = "ESP_%02X%02X%02X" % tuple(o._mac[3:])
                 o._ip = ("192.168.4.1", "255.255.255.0", "192.168.4.1")
+                o._offer_dns = _ZERO  # the DNS server its DHCP server offers
                 o._pub = None  # last .ap.json text written
             else:
                 o._ip = (_ZERO, _ZERO, _ZERO)  # static address when DHCP is off
@@ -473,10 +474,14 @@ class WLAN:
         self._tick()
         return self._lease if self._ph == _UP else (_ZERO, _ZERO, _ZERO)
 
+    # ports/esp32/network_common.c esp_ifconfig, over esp-netif (esp_netif_lwip.c): the DNS of
+    # the STA is lwIP's one resolver (dns_setserver), the DNS of the soft AP is the one its DHCP
+    # server offers to phones (dhcps_dns_setserver): configuring the AP leaves the resolver be.
     def ifconfig(self, conf=None):
         global _dns
         if conf is None:
-            return self._addr() + (_dns,)  # noqa: RUF005 (no (*a, b) in MicroPython)
+            dns = self._offer_dns if self._if == AP_IF else _dns
+            return self._addr() + (dns,)  # noqa: RUF005 (no (*a, b) in MicroPython)
         if isinstance(conf, str):
             if self._if != STA_IF or conf != "dhcp":
                 raise ValueError("invalid arguments")
@@ -486,8 +491,13 @@ class WLAN:
         if isinstance(mask, int):
             mask = _mask(mask)
         self._ip = (ip, mask, gw)
-        _dns = dns
         self._static()
+        if dns == _ZERO:  # esp_netif_set_dns_info: ESP_ERR_ESP_NETIF_INVALID_PARAMS
+            raise RuntimeError("Wifi Unknown Error 0x5001")
+        if self._if == AP_IF:
+            self._offer_dns = dns
+        else:
+            _dns = dns
 
     # A static address was set: DHCP client off (STA), or the soft AP renumbered
     def _static(self):

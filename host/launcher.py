@@ -100,6 +100,9 @@ class Launcher:
         self.to_fw: Pacer | None = None
         self.to_pty: Pacer | None = None
         self.pty_dropping = False  # the pty stayed full: output is being dropped
+        self.cts_hold = False  # the host holds CTS (the "cts" op); stops output with CTS flow
+        self.cts_free = asyncio.Event()
+        self.cts_free.set()
         self.bt = None  # host.btbridge.BtBridge: the virtual Bluetooth radio (if bumble is there)
 
     # ----- set-up and tear-down
@@ -109,6 +112,7 @@ class Launcher:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.console = open(self.state_dir / "console.log", "ab")
         self.flash_image()
+        self.apply_cts()  # the host lets go of CTS when it starts
         self.copy_world()
         self.compile()
         self.open_pty()
@@ -349,6 +353,10 @@ class Launcher:
         self.fw = writer
         try:
             while data := await reader.read(4096):
+                if not self.cts_free.is_set():
+                    await self.cts_free.wait()
+                    if self.fw is not writer:
+                        break  # reset while held: the TX ring's bytes are gone
                 if self.to_pty:
                     await self.to_pty.put_wait(data)
                 else:
@@ -402,6 +410,19 @@ class Launcher:
                     return
                 await asyncio.sleep(0.01)
                 stall += 0.01
+
+    # The host's CTS line stops the module's output only with CTS flow control on (bit 2 of
+    # machine.UART's flow); STATE/cts.hold tells the firmware's UART (flush, write).
+    def apply_cts(self) -> bool:
+        held = self.cts_hold and bool(self.uart_settings["flow"] & 2)
+        mark = self.state_dir / "cts.hold"
+        if held:
+            mark.touch()
+            self.cts_free.clear()
+        else:
+            mark.unlink(missing_ok=True)
+            self.cts_free.set()
+        return held
 
     # ----- the control interface
 
@@ -462,7 +483,11 @@ class Launcher:
             for key in ("baudrate", "bits", "parity", "stop", "flow"):
                 if key in req:
                     self.uart_settings[key] = req[key]
+            self.apply_cts()
             return {"ok": True}
+        if op == "cts":
+            self.cts_hold = bool(req.get("hold"))
+            return {"ok": True, "held": self.apply_cts()}
         if op == "sleep":
             self.sleep_ms = req.get("ms")
             return {"ok": True}

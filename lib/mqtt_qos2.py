@@ -14,7 +14,8 @@
 # - blocking publish (QoS 0-2), subscribe (QoS 0-2), unsubscribe, wait_msg, check_msg for
 #   scripts and tests, built on the above, with a deadline of `timeout_ms`.
 #
-# What it relies on in micropython-lib's umqtt.simple (checked against 1.7.1 and 1.8.0):
+# What it relies on in micropython-lib's umqtt.simple (checked against 1.7.1 and 1.8.0; the
+# v1.24 ESP32 image freezes 1.4.0, whose connect() has no timeout argument):
 # MQTTException; the constructor's arguments and attributes; connect(clean_session, timeout)
 # (blocking: DNS, TCP, TLS handshake, CONNACK) leaving the connection in self.sock;
 # set_callback() storing cb(topic, msg) in self.cb; set_last_will(); self.pid, the last

@@ -1,5 +1,6 @@
 # umqtt.simple for the PC build: the same API, packets and blocking behaviour as
-# micropython-lib's micropython/umqtt.simple 1.8.0, which the ESP32 image freezes.
+# micropython-lib's micropython/umqtt.simple 1.8.0. The ESP32 images freeze older ones: 1.4.0
+# in v1.24 (connect(clean_session) without timeout), 1.6.0 in v1.25/v1.26.
 # Written anew from that module's behaviour; see its README for the API.
 # MQTT 3.1.1; topics and messages are bytes (or str); QoS 0 and 1 only.
 

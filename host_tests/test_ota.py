@@ -218,6 +218,27 @@ def test_update_restarts_into_new_version(module, server):
     assert otadata(m) == {}  # no image in these releases: the app partitions were not touched
 
 
+def test_progress_events_are_opt_in_and_persisted(module, server):
+    m = module
+    online(m, server.url)
+    assert m.cmd("AT+OTAPROGRESS?") == b"\r\n+OTAPROGRESS:OFF\r\n" + OK
+    assert m.cmd(f"AT+OTASTART={V1}") == OK
+    got = m.read_until(SUCCESS, timeout=30)
+    assert got.endswith(SUCCESS) and b"PROGRESS" not in got  # default drivers see nothing new
+    rejoin(m, 2)
+    assert m.cmd("AT+OTAPROGRESS=ON") == OK
+    wait_online(m)
+    assert m.cmd(f"AT+OTASTART={V2}") == OK
+    got = m.read_until(SUCCESS, timeout=30)
+    assert got.startswith(START), got
+    steps = re.findall(rb"\r\n\+OTAEVENT:PROGRESS,(\d+)\r\n", got)
+    assert [int(p) for p in steps] == list(range(10, 101, 10)), got
+    rejoin(m, 3)
+    assert fwver(m) == V2
+    assert m.cmd("AT+OTAPROGRESS?") == b"\r\n+OTAPROGRESS:ON\r\n" + OK
+    assert m.cmd("AT+OTAPROGRESS=MAYBE") == ERROR
+
+
 def test_rollback_when_new_version_crashes(module, server):
     m = module
     online(m, server.url)

@@ -21,6 +21,7 @@ from micropython import const
 from firmware import at, certs, ctx, events, log, ota, settings, wifi
 from firmware.aio import BUSY, write_all
 from firmware.at import AtError
+from firmware.commands.system import switch
 
 _URL_MAX = const(200)
 _VERSION_MAX = const(32)  # what AT+FWVER can show
@@ -305,7 +306,7 @@ def _check(h, want, name):
 
 
 # One file of the release into ota/new/<path>, hashed as it streams.
-async def _file(http, prefix, path, size, sha):
+async def _file(http, progress, prefix, path, size, sha):
     n = await http.get(prefix + path)
     if n != size:
         raise Fail("SIZE", "{}: {} bytes, manifest says {}".format(path, n, size))
@@ -317,6 +318,7 @@ async def _file(http, prefix, path, size, sha):
         def sink(mv):
             h.update(mv)
             f.write(mv)
+            progress.add(len(mv))
 
         await http.body(n, sink)
     _check(h, sha, path)
@@ -334,7 +336,7 @@ def _next_app():
 
 
 # The MicroPython image into the next app partition, sector by sector, then read back.
-async def _image(http, part, prefix, path, size, sha):
+async def _image(http, progress, part, prefix, path, size, sha):
     if size > part.info()[3] or size == 0:
         raise Fail("IMAGE", "{} bytes do not fit {}".format(size, part.info()[4]))
     n = await http.get(prefix + path)
@@ -345,6 +347,7 @@ async def _image(http, part, prefix, path, size, sha):
     st = [0, 0]  # bytes in block, next block number
 
     def sink(mv):
+        progress.add(len(mv))
         while mv:
             k = min(len(mv), _BLOCK - st[0])
             block[st[0] : st[0] + k] = mv[:k]
@@ -370,6 +373,23 @@ async def _image(http, part, prefix, path, size, sha):
         h.update(memoryview(block)[: min(left, _BLOCK)])
         left -= _BLOCK
     _check(h, sha, path + " (read back)")
+
+
+# +OTAEVENT:PROGRESS,<percent> for each tenth of the release's bytes downloaded, when the host
+# asked for it (AT+OTAPROGRESS=ON; drivers that match +OTAEVENT: see nothing new by default).
+class _Progress:
+    def __init__(self, total):
+        self.total = total or 1
+        self.done = 0
+        self.shown = 0  # the last percent reported
+        self.on = ctx.settings["ota_progress"]
+
+    def add(self, n):
+        self.done += n
+        step = self.done * 10 // self.total * 10
+        while self.on and self.shown < step:
+            self.shown += 10
+            events.emit("OTAEVENT", "PROGRESS,{}".format(self.shown))
 
 
 def _free_bytes():
@@ -403,11 +423,12 @@ async def _install(version):
         need = sum((n + bs - 1) // bs + 1 for _, n, _ in files) + _MARGIN
         if need * bs > _free_bytes():
             raise Fail("NOSPACE", "{} bytes needed, {} free".format(need * bs, _free_bytes()))
+        progress = _Progress(sum(n for _, n, _ in files) + (image[1] if image else 0))
         for p, n, h in files:
-            await _file(http, prefix, p, n, h)
+            await _file(http, progress, prefix, p, n, h)
             gc.collect()
         if image:
-            await _image(http, part, prefix, *image)
+            await _image(http, progress, part, prefix, *image)
     finally:
         http.close()
     # The switch: the staged tree takes the free slot, then one atomic write arms it.
@@ -513,6 +534,7 @@ def _url_set(p):
 
 
 COMMANDS = {
+    "OTAPROGRESS": switch("ota_progress", "+OTAPROGRESS:"),
     "OTACHECK": (_check_cmd, _check_cmd, None, _check_cmd),
     "OTASTART": (None, None, _start, None),
     "OTAURL": (_url_query, _url_query, _url_set, _url_query),

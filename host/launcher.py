@@ -247,15 +247,13 @@ class Launcher:
                     self.crashes.clear()
                     await asyncio.sleep(CRASH_PAUSE)
 
-    # The partition table is on the flash: --image replaces it, else the state's one stays.
+    # The partition table is on the flash (STATE/image): --image replaces it, else the one
+    # there stays; a new state gets ESP32_GENERIC's.
     def flash_image(self) -> None:
         stored = self.state_dir / "image"
-        if self.image:
-            stored.write_text(self.image + "\n")
-        elif stored.exists():
-            self.image = stored.read_text().strip()
-        else:
-            self.image = "generic"
+        if not self.image:
+            self.image = stored.read_text().strip() if stored.exists() else "generic"
+        stored.write_text(self.image + "\n")
 
     # Start the firmware, wait for it to end and return its exit code.
     async def boot(self, cause: str, wake: str) -> int:

@@ -58,3 +58,44 @@ def test_older_micropython_is_named_at_boot(tmp_path, mpy):
     before, after = out.split("---")
     assert "WARN" not in before
     assert "MicroPython 1.23.0 is older than 1.24.0, the oldest supported" in after
+
+
+PARTITIONS = """
+import errno, esp32
+P = esp32.Partition
+run = P(P.RUNNING)
+print(run.info()[4], P(P.BOOT).info()[4], [p.info()[4] for p in P.find(P.TYPE_APP)])
+for f in (run.get_next_update, lambda: P("nope")):
+    try:
+        print(f().info()[4])
+    except OSError as e:
+        print("OSError", e.args[0] == errno.ENOENT)
+try:
+    P.mark_app_valid_cancel_rollback()
+    print("valid")
+except OSError as e:
+    print("OSError", hex(-e.args[0]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("image", "want"),
+    [
+        # ESP32_GENERIC (partitions-4MiB.csv): one factory app, no otadata
+        (
+            "generic",
+            ["factory factory ['factory']", "OSError True", "OSError True", "OSError 0x105"],
+        ),
+        # ESP32_GENERIC-OTA (partitions-4MiB-ota.csv)
+        ("generic-ota", ["ota_0 ota_0 ['ota_0', 'ota_1']", "ota_1", "OSError True", "valid"]),
+    ],
+)
+def test_partition_table_of_each_image(tmp_path, mpy, image, want):
+    script = tmp_path / "parts.py"
+    script.write_text(PARTITIONS)
+    env = dict(os.environ, MICROPYPATH=f"{REPO / 'host' / 'board'}:.frozen")
+    env.update(EMW_STATE=str(tmp_path), EMW_IMAGE=image)
+    out = subprocess.run(
+        [mpy, str(script)], env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.split("\n")[:4] == want, out

@@ -1,12 +1,17 @@
 # Start-up: settings, the AT UART, the command table, then the event loop forever.
 import asyncio
 import gc
+import sys
 
 import machine
 
 from firmware import board, ctx, log, settings, wifi
 from firmware.registry import Table
 from firmware.serial import Serial
+
+# The oldest MicroPython this firmware supports: WLAN.ipconfig and network.ipconfig, which
+# the Wi-Fi code uses, first appear in v1.24.0 (ports/esp32/network_common.c).
+_OLDEST = (1, 24, 0)
 
 _PARITY = {"NONE": None, "EVEN": 0, "ODD": 1}
 _FLOW = {
@@ -39,7 +44,18 @@ def open_uart(cfg):
     )
 
 
+# On an older image the module still starts (AT, BLE...) and says why joins will fail.
+def _check_micropython():
+    v = tuple(sys.implementation.version[:3])
+    if v < _OLDEST:
+        log.warn(
+            "MicroPython {}.{}.{} is older than {}.{}.{}, the oldest supported: Wi-Fi joins "
+            "will fail (no WLAN.ipconfig); flash a newer image".format(*(v + _OLDEST))
+        )
+
+
 async def main():
+    _check_micropython()
     st = settings.Settings()
     st.load()
     ctx.settings = st

@@ -10,7 +10,8 @@ CURRENT = "ota/current"
 PENDING = "ota/pending"
 SLOTS = ("a", "b")
 
-settings.defaults({"ota_url": ""})  # AT+OTAURL: the update server (extension)
+# AT+OTAURL: the update server; AT+OTAPROGRESS: progress events (extensions)
+settings.defaults({"ota_url": "", "ota_progress": False})
 
 
 def read(path):

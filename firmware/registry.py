@@ -20,7 +20,7 @@ GROUPS = (
     ("sntp", ("SNTPCFG", "SNTPTIME", "RTCGET")),
     ("bt", ("BTNAME", "BTPASSKEY", "BTMAC", "BTDISCOVERY", "BTEVENT", "BTSTATE", "BTSEND",
             "BTSENDRAW")),
-    ("ota", ("OTACHECK", "OTASTART", "OTAURL")),
+    ("ota", ("OTACHECK", "OTASTART", "OTAURL", "OTAPROGRESS")),
 )
 # fmt: on
 

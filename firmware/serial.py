@@ -274,8 +274,13 @@ class Serial:
     def after_reply(self, fn):
         self._after = fn
 
+    # Wait until the UART has sent what was written (before a reset). A host holding CTS makes
+    # UART.flush() raise OSError(ETIMEDOUT): the caller goes on all the same.
     def flush(self):
-        self._uart.flush()
+        try:
+            self._uart.flush()
+        except OSError as e:
+            log.info("uart: flush: {!r}".format(e))
 
     # Send an event line ("+WEVENT:STATION_UP"), now if no response is open, else right after
     # the final result of the open one.

@@ -75,6 +75,7 @@ class Launcher:
         self.world_src = Path(args.world) if args.world else None
         self.heap = int(args.heap * WORD_SCALE_64)  # the VM heap the firmware may use
         self.pace = args.pace
+        self.image = args.image  # the MicroPython image flashed (its partition table)
         self.stdin_stop = args.stdin_stop
         self.listen = args.listen  # where the module's servers and UDP links listen on the PC
         self.provision_port = args.provision_port
@@ -112,6 +113,9 @@ class Launcher:
         self.to_fw: Pacer | None = None
         self.to_pty: Pacer | None = None
         self.pty_dropping = False  # the pty stayed full: output is being dropped
+        self.cts_hold = False  # the host holds CTS (the "cts" op); stops output with CTS flow
+        self.cts_free = asyncio.Event()
+        self.cts_free.set()
         self.bt = None  # host.btbridge.BtBridge: the virtual Bluetooth radio (if bumble is there)
 
     # ----- set-up and tear-down
@@ -122,6 +126,8 @@ class Launcher:
         if not self.lock():
             return 2
         self.console = open(self.state_dir / "console.log", "ab")
+        self.flash_image()
+        self.apply_cts()  # the host lets go of CTS when it starts
         self.copy_world()
         self.compile()
         self.open_pty()
@@ -307,6 +313,14 @@ class Launcher:
                     self.crashes.clear()
                     await asyncio.sleep(CRASH_PAUSE)
 
+    # The partition table is on the flash (STATE/image): --image replaces it, else the one
+    # there stays; a new state gets ESP32_GENERIC's.
+    def flash_image(self) -> None:
+        stored = self.state_dir / "image"
+        if not self.image:
+            self.image = stored.read_text().strip() if stored.exists() else "generic"
+        stored.write_text(self.image + "\n")
+
     # Start the firmware, wait for it to end and return its exit code.
     async def boot(self, cause: str, wake: str) -> int:
         self.boots += 1
@@ -325,6 +339,7 @@ class Launcher:
                 "EMW_WAKE": wake,
                 "EMW_MPY": str(self.mpy_dir),
                 "EMW_HEAP": str(self.heap),
+                "EMW_IMAGE": self.image,
                 "EMW_BT": f"127.0.0.1:{self.bt.fw_port}" if self.bt else "",
                 "EMW_NETMAP": self.netmap(),
             }
@@ -403,6 +418,10 @@ class Launcher:
         self.fw = writer
         try:
             while data := await reader.read(4096):
+                if not self.cts_free.is_set():
+                    await self.cts_free.wait()
+                    if self.fw is not writer:
+                        break  # reset while held: the TX ring's bytes are gone
                 if self.to_pty:
                     await self.to_pty.put_wait(data)
                 else:
@@ -457,6 +476,19 @@ class Launcher:
                 await asyncio.sleep(0.01)
                 stall += 0.01
 
+    # The host's CTS line stops the module's output only with CTS flow control on (bit 2 of
+    # machine.UART's flow); STATE/cts.hold tells the firmware's UART (flush, write).
+    def apply_cts(self) -> bool:
+        held = self.cts_hold and bool(self.uart_settings["flow"] & 2)
+        mark = self.state_dir / "cts.hold"
+        if held:
+            mark.touch()
+            self.cts_free.clear()
+        else:
+            mark.unlink(missing_ok=True)
+            self.cts_free.set()
+        return held
+
     # ----- the control interface
 
     async def on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -490,18 +522,22 @@ class Launcher:
             "uart": self.uart_settings,
         }
 
+    # Pull the STANDBY pin; answer once the firmware runs again (or at once if it was awake).
+    async def wake(self) -> dict[str, Any]:
+        asleep = self.state == "sleeping"
+        self.wake_event.set()
+        for _ in range(int(WAKE_WAIT / 0.02) if asleep else 0):
+            if self.state == "running" and self.fw:
+                break
+            await asyncio.sleep(0.02)
+        return {"ok": True, "was": "sleeping" if asleep else self.state, **self.status()}
+
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "status":
             return {"ok": True, **self.status()}
         if op == "wake":
-            asleep = self.state == "sleeping"
-            self.wake_event.set()
-            for _ in range(int(WAKE_WAIT / 0.02) if asleep else 0):
-                if self.state == "running" and self.fw:
-                    break
-                await asyncio.sleep(0.02)
-            return {"ok": True, "was": "sleeping" if asleep else self.state, **self.status()}
+            return await self.wake()
         if op == "kill":
             # A power cut. If the firmware is not running, power returns and it starts.
             if self.proc and self.proc.returncode is None:
@@ -529,7 +565,11 @@ class Launcher:
             for key in ("baudrate", "bits", "parity", "stop", "flow"):
                 if key in req:
                     self.uart_settings[key] = req[key]
+            self.apply_cts()
             return {"ok": True}
+        if op == "cts":
+            self.cts_hold = bool(req.get("hold"))
+            return {"ok": True, "held": self.apply_cts()}
         if op == "sleep":
             self.sleep_ms = req.get("ms")
             return {"ok": True}
@@ -609,6 +649,11 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         type=int,
         help="PC port for the soft AP's 192.168.4.1:80 (default: a free port)",
+    )
+    p.add_argument(
+        "--image",
+        choices=("generic", "generic-ota"),
+        help="MicroPython image flashed: ESP32_GENERIC (default) or ESP32_GENERIC-OTA",
     )
     p.add_argument("--root", default=None, help="folder holding boot.py/main.py (default: repo)")
     p.add_argument("--stdin-stop", action="store_true", help="stop when stdin reaches EOF")

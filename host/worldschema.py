@@ -69,6 +69,7 @@ AP = {
     "present": _kind(bool, "true or false"),
     "assoc_ms": MS,
     "dhcp_ms": MS,
+    "wrong_key_reason": _one_of((15, 2, 202, 204, 205)),
     "refuse": _one_of(REFUSE),
     "dhcp": DHCP,
 }
@@ -82,6 +83,7 @@ SOFTAP = {"stations": [STATION]}
 WORLD = {
     "scan_ms": MS,
     "noap_ms": MS,
+    "noap_reason": _one_of((201, 210, 211, 212)),
     "assoc_ms": MS,
     "dhcp_ms": MS,
     "aps": [AP],

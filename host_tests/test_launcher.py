@@ -450,3 +450,24 @@ def test_world_schema(ap: dict, error: str | None) -> None:
         with pytest.raises(WorldError) as e:
             check_ap(ap)
         assert str(e.value).startswith(error)
+
+
+def test_image_option_is_kept_on_the_flash(tmp_path: Path) -> None:
+    """--image generic-ota flashes the OTA partition table; later runs without the option keep
+    what the state's flash holds; a new state gets ESP32_GENERIC."""
+    state = tmp_path / "state"
+    image = state / "image"
+    with Module(state, root=FAKE) as m:
+        m.wait_booted(1)
+    assert image.read_text() == "generic\n"
+    cmd = [sys.executable, "-m", "host.launcher", "--image", "generic-ota", "--state", str(state)]
+    cmd += ["--link", str(tmp_path / "uart"), "--root", str(FAKE), "--stdin-stop"]
+    p = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline().startswith(b"UART: ")
+    p.stdin.close()
+    p.wait(20)
+    assert image.read_text() == "generic-ota\n"
+    with Module(state, root=FAKE) as m:
+        m.wait_booted(1)
+    assert image.read_text() == "generic-ota\n"

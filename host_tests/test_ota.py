@@ -219,6 +219,27 @@ def test_update_restarts_into_new_version(module, server):
     assert otadata(m) == {}  # no image in these releases: the app partitions were not touched
 
 
+def test_progress_events_are_opt_in_and_persisted(module, server):
+    m = module
+    online(m, server.url)
+    assert m.cmd("AT+OTAPROGRESS?") == b"\r\n+OTAPROGRESS:OFF\r\n" + OK
+    assert m.cmd(f"AT+OTASTART={V1}") == OK
+    got = m.read_until(SUCCESS, timeout=30)
+    assert got.endswith(SUCCESS) and b"PROGRESS" not in got  # default drivers see nothing new
+    rejoin(m, 2)
+    assert m.cmd("AT+OTAPROGRESS=ON") == OK
+    wait_online(m)
+    assert m.cmd(f"AT+OTASTART={V2}") == OK
+    got = m.read_until(SUCCESS, timeout=30)
+    assert got.startswith(START), got
+    steps = re.findall(rb"\r\n\+OTAEVENT:PROGRESS,(\d+)\r\n", got)
+    assert [int(p) for p in steps] == list(range(10, 101, 10)), got
+    rejoin(m, 3)
+    assert fwver(m) == V2
+    assert m.cmd("AT+OTAPROGRESS?") == b"\r\n+OTAPROGRESS:ON\r\n" + OK
+    assert m.cmd("AT+OTAPROGRESS=MAYBE") == ERROR
+
+
 def test_rollback_when_new_version_crashes(module, server):
     m = module
     online(m, server.url)
@@ -343,9 +364,36 @@ def image_releases(tmp_path_factory: pytest.TempPathFactory, releases: Path) -> 
     return root
 
 
-def test_image_update_and_bootloader_rollback(module, image_releases):
+def flashed(state: Path, image: str) -> Module:
+    """A new module whose flash holds the MicroPython image `image` (the launcher's --image,
+    kept in the state folder as the partition table is kept on the flash)."""
+    state.mkdir(parents=True)
+    (state / "image").write_text(image + "\n")
+    m = Module(state)
+    m.sync()
+    return m
+
+
+def test_image_refused_on_generic_then_tree_update(module, server, image_releases):
+    """ESP32_GENERIC has one factory app: an image update fails with the reason, the module
+    answers, and the next AT+OTASTART (a tree-only release) works."""
+    m = module
     with FileServer(image_releases) as srv:
-        m = module
+        online(m, srv.url)
+        assert m.cmd(f"AT+OTASTART={V1}") == OK
+        assert b"no OTA partition: flash ESP32_GENERIC-OTA" in fail(m, "IMAGE")
+        assert m.cmd("AT") == OK
+        assert m.cmd(f"AT+OTASTART={V1}") == OK  # not "an update is running"
+        fail(m, "IMAGE")
+    assert not (m.state_dir / "otadata.json").exists()
+    assert fwver(m) == FACTORY
+    assert m.cmd(f"AT+OTAURL={server.url}") == OK
+    update(m, V1, 2)
+    assert fwver(m) == V1
+
+
+def test_image_update_and_bootloader_rollback(tmp_path, image_releases):
+    with FileServer(image_releases) as srv, flashed(tmp_path / "state", "generic-ota") as m:
         online(m, srv.url)
         # An image the bootloader would not start (no ESP image magic): set_boot refuses it.
         assert m.cmd(f"AT+OTASTART={V2}") == OK

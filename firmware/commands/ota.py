@@ -21,6 +21,7 @@ from micropython import const
 from firmware import at, certs, ctx, events, log, ota, settings, wifi
 from firmware.aio import BUSY, write_all
 from firmware.at import AtError
+from firmware.commands.system import switch
 
 _URL_MAX = const(200)
 _VERSION_MAX = const(32)  # what AT+FWVER can show
@@ -33,6 +34,10 @@ _IDLE_MS = const(5000)  # a server silent this long mid-transfer has failed
 _SPIN_MS = const(5)  # poll period of a busy non-blocking socket
 _MARGIN = const(4)  # blocks kept free on the filesystem besides the release
 _NEW = "ota/new"  # staging folder
+# A full filesystem: littlefs's LFS_ERR_NOSPC, newlib's ENOSPC (28). The ESP32's errno module
+# has no ENOSPC name.
+_ENOSPC = const(28)
+_NO_OTA_PARTITION = "this image has no OTA partition: flash ESP32_GENERIC-OTA"
 
 _task = None  # the running AT+OTASTART
 
@@ -301,7 +306,7 @@ def _check(h, want, name):
 
 
 # One file of the release into ota/new/<path>, hashed as it streams.
-async def _file(http, prefix, path, size, sha):
+async def _file(http, progress, prefix, path, size, sha):
     n = await http.get(prefix + path)
     if n != size:
         raise Fail("SIZE", "{}: {} bytes, manifest says {}".format(path, n, size))
@@ -313,16 +318,25 @@ async def _file(http, prefix, path, size, sha):
         def sink(mv):
             h.update(mv)
             f.write(mv)
+            progress.add(len(mv))
 
         await http.body(n, sink)
     _check(h, sha, path)
 
 
-# The MicroPython image into the next app partition, sector by sector, then read back.
-async def _image(http, prefix, path, size, sha):
-    import esp32
+# The app partition an image goes to. ESP32_GENERIC has one factory app and no other:
+# get_next_update() raises OSError(ENOENT) there (ports/esp32/esp32_partition.c).
+def _next_app():
+    try:
+        import esp32
 
-    part = esp32.Partition(esp32.Partition.RUNNING).get_next_update()
+        return esp32.Partition(esp32.Partition.RUNNING).get_next_update()
+    except (ImportError, OSError):
+        raise Fail("IMAGE", _NO_OTA_PARTITION)
+
+
+# The MicroPython image into the next app partition, sector by sector, then read back.
+async def _image(http, progress, part, prefix, path, size, sha):
     if size > part.info()[3] or size == 0:
         raise Fail("IMAGE", "{} bytes do not fit {}".format(size, part.info()[4]))
     n = await http.get(prefix + path)
@@ -333,6 +347,7 @@ async def _image(http, prefix, path, size, sha):
     st = [0, 0]  # bytes in block, next block number
 
     def sink(mv):
+        progress.add(len(mv))
         while mv:
             k = min(len(mv), _BLOCK - st[0])
             block[st[0] : st[0] + k] = mv[:k]
@@ -358,7 +373,23 @@ async def _image(http, prefix, path, size, sha):
         h.update(memoryview(block)[: min(left, _BLOCK)])
         left -= _BLOCK
     _check(h, sha, path + " (read back)")
-    return part
+
+
+# +OTAEVENT:PROGRESS,<percent> for each tenth of the release's bytes downloaded, when the host
+# asked for it (AT+OTAPROGRESS=ON; drivers that match +OTAEVENT: see nothing new by default).
+class _Progress:
+    def __init__(self, total):
+        self.total = total or 1
+        self.done = 0
+        self.shown = 0  # the last percent reported
+        self.on = ctx.settings["ota_progress"]
+
+    def add(self, n):
+        self.done += n
+        step = self.done * 10 // self.total * 10
+        while self.on and self.shown < step:
+            self.shown += 10
+            events.emit("OTAEVENT", "PROGRESS,{}".format(self.shown))
 
 
 def _free_bytes():
@@ -382,6 +413,7 @@ async def _install(version):
         if not any(p == "firmware/app.mpy" for p, _, _ in files):
             raise Fail("MANIFEST", "no firmware/app.mpy")
         image = _entry(m["image"]) if m.get("image") else None
+        part = _next_app() if image else None
         slot = ota.free_slot()
         if slot is None:
             raise Fail("STATE", "an update waits for confirmation")
@@ -391,10 +423,12 @@ async def _install(version):
         need = sum((n + bs - 1) // bs + 1 for _, n, _ in files) + _MARGIN
         if need * bs > _free_bytes():
             raise Fail("NOSPACE", "{} bytes needed, {} free".format(need * bs, _free_bytes()))
+        progress = _Progress(sum(n for _, n, _ in files) + (image[1] if image else 0))
         for p, n, h in files:
-            await _file(http, prefix, p, n, h)
+            await _file(http, progress, prefix, p, n, h)
             gc.collect()
-        part = await _image(http, prefix, *image) if image else None
+        if image:
+            await _image(http, progress, part, prefix, *image)
     finally:
         http.close()
     # The switch: the staged tree takes the free slot, then one atomic write arms it.
@@ -416,29 +450,37 @@ async def _install(version):
     log.info("ota: {} staged in ota/{}, restarting".format(version, slot))
 
 
+# The +OTAEVENT:FAIL reason word and AT+ERRNO detail of what stopped an update.
+def _failure(e):
+    if isinstance(e, Fail):
+        return e.reason, e.detail
+    if isinstance(e, OSError) and e.args and e.args[0] == _ENOSPC:
+        return "NOSPACE", "flash full"
+    if isinstance(e, OSError):
+        return "FLASH", repr(e)
+    if isinstance(e, MemoryError):
+        return "MEMORY", "out of memory"
+    log.exc(e, "ota")
+    return "INTERNAL", repr(e)
+
+
 async def _update(version):
     global _task
-    events.emit("OTAEVENT", "START")
     try:
+        events.emit("OTAEVENT", "START")
         await _install(version)
     except Exception as e:
-        if isinstance(e, Fail):
-            reason, detail = e.reason, e.detail
-        elif isinstance(e, OSError) and e.args[0] == errno.ENOSPC:
-            reason, detail = "NOSPACE", "flash full"
-        elif isinstance(e, OSError):
-            reason, detail = "FLASH", repr(e)
-        elif isinstance(e, MemoryError):
-            reason, detail = "MEMORY", "out of memory"
-        else:
-            log.exc(e, "ota")
-            reason, detail = "INTERNAL", repr(e)
-        settings.remove_tree(_NEW)
-        gc.collect()
-        log.info("ota: {} failed: {} {}".format(version, reason, detail))
-        ctx.serial.last_error = (at.E_FAIL, "OTA {}: {}".format(reason, detail))
+        # Whatever went wrong, the host hears FAIL and AT+OTASTART works again.
         _task = None
+        reason, detail = _failure(e)
+        ctx.serial.last_error = (at.E_FAIL, "OTA {}: {}".format(reason, detail))
         events.emit("OTAEVENT", "FAIL," + reason)
+        log.info("ota: {} failed: {} {}".format(version, reason, detail))
+        try:
+            settings.remove_tree(_NEW)
+        except OSError as e2:
+            log.info("ota: cannot remove {}: {!r}".format(_NEW, e2))
+        gc.collect()
         return
     await ctx.serial.until_idle()
     events.emit("OTAEVENT", "SUCCESS")  # no await since: goes out now, before the reset
@@ -492,6 +534,7 @@ def _url_set(p):
 
 
 COMMANDS = {
+    "OTAPROGRESS": switch("ota_progress", "+OTAPROGRESS:"),
     "OTACHECK": (_check_cmd, _check_cmd, None, _check_cmd),
     "OTASTART": (None, None, _start, None),
     "OTAURL": (_url_query, _url_query, _url_set, _url_query),

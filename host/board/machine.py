@@ -14,6 +14,7 @@ finally:
     sys.path = _path
     del _path
 
+import errno
 import io
 import json
 import os
@@ -33,6 +34,7 @@ _MP_STREAM_CLOSE = const(4)
 _MP_STREAM_GET_FILENO = const(10)
 _POLL_RD = const(0x0001)
 _POLL_WR = const(0x0004)
+_TICK_MS = const(10)  # a FreeRTOS tick: ESP-IDF's default CONFIG_FREERTOS_HZ=100
 
 # reset_cause() values (esp32 modmachine.h)
 PWRON_RESET = const(1)
@@ -302,7 +304,9 @@ class UART(io.IOBase):
             "timeout": 0,
             "timeout_char": 0,
             "rxbuf": 256,
+            "txbuf": 256,
         }
+        self._unsent = 0  # bytes written while the host held CTS
         self._s = None
         self.init(baudrate, bits, parity, stop, **kw)
 
@@ -311,7 +315,7 @@ class UART(io.IOBase):
         for k, v in (("baudrate", baudrate), ("bits", bits), ("parity", parity), ("stop", stop)):
             if v is not _NOT_GIVEN:
                 c[k] = v
-        for k in ("flow", "timeout", "timeout_char", "rxbuf"):
+        for k in ("flow", "timeout", "timeout_char", "rxbuf", "txbuf"):
             if k in kw:
                 c[k] = kw[k]
         if c["bits"] not in (5, 6, 7, 8) or c["stop"] not in (1, 1.5, 2):
@@ -425,7 +429,26 @@ class UART(io.IOBase):
                 break
         return bytes(out) if out else None
 
+    # ports/esp32/machine_uart.c (v1.24.0). With CTS flow control, a host that holds CTS stops
+    # the transmitter: the launcher keeps STATE/cts.hold while it holds (its "cts" control op).
+    def _cts_held(self):
+        if not self._cfg["flow"] & UART.CTS:
+            return False
+        try:
+            os.stat(_state("cts.hold"))
+            return True
+        except OSError:
+            return False
+
+    # uart_write_bytes() returns once the bytes are in the TX ring; a full ring (CTS held)
+    # blocks it until there is room.
     def write(self, buf):
+        if self._cts_held():
+            self._unsent += len(buf)
+            while self._unsent > self._cfg["txbuf"] and self._cts_held():
+                time.sleep_ms(_TICK_MS)
+        else:
+            self._unsent = 0
         n = self._s.write(buf)  # non-blocking: all, part, or None
         if n == len(buf):
             return n  # the usual case, no allocation
@@ -444,11 +467,19 @@ class UART(io.IOBase):
                 p.poll(100)
         return off
 
+    # MP_STREAM_FLUSH: uart_wait_tx_done() for (3 + txbuf) * 26000 / baudrate ticks, then
+    # OSError(ETIMEDOUT). Unless CTS is held, the launcher has the bytes: done.
     def flush(self):
-        pass  # write() returns once the bytes are handed to the launcher
+        c = self._cfg
+        ms = (3 + c["txbuf"]) * 26000 // c["baudrate"] * _TICK_MS
+        t0 = time.ticks_ms()
+        while self._cts_held():
+            if time.ticks_diff(time.ticks_ms(), t0) >= ms:
+                raise OSError(errno.ETIMEDOUT)
+            time.sleep_ms(_TICK_MS)
 
     def txdone(self):
-        return True
+        return not self._cts_held()
 
     def sendbreak(self):
         pass
@@ -467,6 +498,7 @@ class UART(io.IOBase):
         if req == _MP_STREAM_GET_FILENO:
             return self._s.fileno()
         if req == _MP_STREAM_FLUSH:
+            self.flush()
             return 0
         if req == _MP_STREAM_CLOSE:
             return 0

@@ -1,6 +1,6 @@
 # OTA state on the flash filesystem (the files boot.py reads, described there) and the
 # confirmation of a new version once it answers AT. The download and the switch are in
-# commands/ota.py, which loads only when an OTA command is used.
+# firmware/otaupdate.py, which loads only when AT+OTACHECK or AT+OTASTART is used.
 import asyncio
 import os
 

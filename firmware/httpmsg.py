@@ -118,7 +118,7 @@ class Chunked:
                 self.state = _DONE
             return i, i, e + 2
         size = bytes(buf[i:e]).decode().partition(";")[0].strip()  # chunk extensions ignored
-        if not size or len(size) > _SIZE_DIGITS or any(c not in _HEX for c in size):
+        if not size or len(size.lstrip("0")) > _SIZE_DIGITS or any(c not in _HEX for c in size):
             raise ValueError("bad chunk size")
         self.left = int(size, 16)
         self.state = _DATA if self.left else _TRAILER

@@ -307,6 +307,21 @@ def test_download_cut_or_stalled(module, server):
     assert fwver(m) == V1
 
 
+def test_chunked_responses(module, server):
+    """A server that sends its bodies in chunked transfer coding (RFC 9112 7.1)."""
+    m = module
+    online(m, server.url)
+    server.chunked = True
+    want = f"\r\n+OTACHECK:{V2}\r\n".encode() + OK
+    assert m.cmd("AT+OTACHECK", timeout=10) == want
+    server.cut[f"{V1}/firmware/serial.mpy"] = 700
+    assert m.cmd(f"AT+OTASTART={V1}") == OK
+    assert b"closed after 700" in fail(m, "NETWORK")
+    server.cut.clear()
+    update(m, V1, 2)
+    assert fwver(m) == V1
+
+
 # ----- HTTPS
 
 

@@ -215,8 +215,8 @@ async def _install(version):
         slot = ota.free_slot()
         if slot is None:
             raise Fail("STATE", "an update waits for confirmation")
-        settings.remove_tree(_NEW)  # what a cut-short update left
-        settings.remove_tree("ota/" + slot)  # an older release nothing points to
+        await _remove(_NEW)  # what a cut-short update left
+        await _remove("ota/" + slot)  # an older release nothing points to
         bs = os.statvfs(".")[0]
         need = sum((n + bs - 1) // bs + 1 for _, n, _ in files) + _MARGIN
         if need * bs > _free_bytes():
@@ -252,6 +252,27 @@ def _switch(version, slot, part):
     log.info("ota: {} staged in ota/{}, restarting".format(version, slot))
 
 
+# A folder and all it holds removed, one filesystem call at a time with a yield between:
+# littlefs commits each removal to flash, and a release has dozens of files.
+async def _remove(top):
+    folders = [top]  # found breadth first: each one's subfolders come after it
+    for folder in folders:
+        try:
+            entries = list(os.ilistdir(folder))
+        except OSError:  # absent
+            return
+        for e in entries:
+            path = folder + "/" + e[0]
+            if e[1] == 0x4000:  # a folder
+                folders.append(path)
+            else:
+                os.remove(path)
+                await asyncio.sleep_ms(0)
+    for folder in reversed(folders):
+        os.rmdir(folder)
+        await asyncio.sleep_ms(0)
+
+
 # The +OTAEVENT:FAIL reason word and AT+ERRNO detail of what stopped an update.
 def _failure(e):
     if isinstance(e, Fail):
@@ -272,16 +293,17 @@ async def _update(version):
         events.emit("OTAEVENT", "START")
         await _install(version)
     except Exception as e:
-        # Whatever went wrong, the host hears FAIL and AT+OTASTART works again.
-        _task = None
+        # Whatever went wrong, the host hears FAIL and AT+OTASTART works again (once the
+        # staging folder is gone: the next update would remove it too).
         reason, detail = _failure(e)
+        try:
+            await _remove(_NEW)
+        except OSError as e2:
+            log.info("ota: cannot remove {}: {!r}".format(_NEW, e2))
+        _task = None
         ctx.serial.last_error = (at.E_FAIL, "OTA {}: {}".format(reason, detail))
         events.emit("OTAEVENT", "FAIL," + reason)
         log.info("ota: {} failed: {} {}".format(version, reason, detail))
-        try:
-            settings.remove_tree(_NEW)
-        except OSError as e2:
-            log.info("ota: cannot remove {}: {!r}".format(_NEW, e2))
         gc.collect()
         return
     await ctx.serial.until_idle()

@@ -307,6 +307,23 @@ def test_download_cut_or_stalled(module, server):
     assert fwver(m) == V1
 
 
+def test_commands_answered_during_download(module, server):
+    """The download runs beside the command engine: AT answers while it goes on."""
+    m = module
+    online(m, server.url)
+    server.delay = 0.01
+    assert m.cmd(f"AT+OTASTART={V1}") == OK
+    assert m.read_until(START, timeout=5) == START
+    for _ in range(5):
+        assert m.cmd("AT") == OK
+        assert m.cmd(f"AT+OTASTART={V1}") == ERROR  # one at a time
+        assert b"an update is running" in m.cmd("AT+ERRNO")
+    server.delay = 0
+    assert m.read_until(SUCCESS, timeout=30).endswith(SUCCESS)
+    rejoin(m, 2)
+    assert fwver(m) == V1
+
+
 def test_chunked_responses(module, server):
     """A server that sends its bodies in chunked transfer coding (RFC 9112 7.1)."""
     m = module

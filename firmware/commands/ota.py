@@ -1,14 +1,15 @@
 # Section 10 of the spec: OTA of the AT firmware, from an HTTP(S) server the user runs, named
 # by the extension AT+OTAURL (the EMW cloud does not exist for this product). docs/OTA.md has
-# the manifest, the flow and the events; firmware/otaupdate.py the download and the switch,
-# loaded only while an update or a check runs; boot.py and firmware/ota.py the slots and
-# rollback.
+# the manifest, the flow and the events; firmware/otaupdate.py the download and the switch
+# (imported by AT+OTACHECK/AT+OTASTART; nothing here keeps a reference to it or to its HTTP
+# modules, so they can be dropped whenever otaupdate.idle()); boot.py and firmware/ota.py the
+# slots and rollback.
 #   AT+OTACHECK    +OTACHECK:<version of the server's latest release>
 #   AT+OTASTART=<version>   OK, then +OTAEVENT:START, [PROGRESS,<percent>...], SUCCESS and a
 #                  restart into it, or FAIL,<reason> (AT+ERRNO: the detail)
 from micropython import const
 
-from firmware import at, ctx, httpmsg, ota, wifi
+from firmware import at, ctx, ota, wifi
 from firmware.at import AtError
 from firmware.commands.system import switch
 
@@ -16,18 +17,16 @@ _URL_MAX = const(200)
 _VERSION_MAX = const(32)  # what AT+FWVER can show
 
 
-# The update server, once the module can reach it
-def _url():
-    url = ctx.settings["ota_url"]
-    if not url:
+# An update server is set and the module can reach it.
+def _need_server():
+    if not ctx.settings["ota_url"]:
         raise AtError(at.E_STATE, "no update server (AT+OTAURL)")
     if not wifi.online():
         raise AtError(at.E_STATE, "no network")
-    return url
 
 
 async def _check_cmd():
-    _url()
+    _need_server()
     from firmware import otaupdate
 
     return "+OTACHECK:" + await otaupdate.latest()
@@ -39,7 +38,7 @@ def _start(p):
     for c in version:
         if not (c.isalpha() or c.isdigit() or c in "._-"):
             raise AtError(at.E_PARAM, "parameter 1: letters, digits, . _ - only")
-    _url()
+    _need_server()
     from firmware import otaupdate
 
     if not otaupdate.idle():
@@ -56,6 +55,8 @@ def _url_query():
 def _url_set(p):
     at.count(p, 1)
     url = at.text(p, 0, _URL_MAX)
+    from firmware import httpmsg
+
     try:
         httpmsg.split_url(url)
     except ValueError:

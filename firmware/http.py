@@ -69,7 +69,6 @@ class Http:
             self.sock = self._ctx.wrap_socket(
                 s, server_hostname=self.host, do_handshake_on_connect=False
             )
-        self.at = self.end = 0
 
     # GET base+path; returns the body's length (None if chunked). The body is read with body().
     # One retry on a kept-alive connection the server has closed.
@@ -82,8 +81,6 @@ class Http:
             try:
                 await self._send(req)
                 answered = await self._head()
-            except Fail:
-                raise
             except ValueError as e:  # mbedTLS: the server's certificate does not verify
                 self.close()
                 raise Fail("TLS", str(e).strip())

@@ -25,6 +25,10 @@ GROUPS = (
 # fmt: on
 
 
+def group_names():
+    return [g for g, _ in GROUPS]
+
+
 class Table:
     def __init__(self):
         self._rows = {}  # name -> (test, query, set, exec), or the group name until loaded

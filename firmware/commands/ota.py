@@ -21,6 +21,7 @@ from micropython import const
 from firmware import at, certs, ctx, events, log, ota, settings, wifi
 from firmware.aio import BUSY, write_all
 from firmware.at import AtError
+from firmware.commands.system import reading, restart, setter, value
 
 _URL_MAX = const(200)
 _VERSION_MAX = const(32)  # what AT+FWVER can show
@@ -442,8 +443,6 @@ async def _update(version):
         return
     await ctx.serial.until_idle()
     events.emit("OTAEVENT", "SUCCESS")  # no await since: goes out now, before the reset
-    from firmware.commands.system import restart
-
     restart()
 
 
@@ -492,7 +491,7 @@ def _url_set(p):
 
 
 COMMANDS = {
-    "OTACHECK": (_check_cmd, _check_cmd, None, _check_cmd),
-    "OTASTART": (None, None, _start, None),
-    "OTAURL": (_url_query, _url_query, _url_set, _url_query),
+    "OTACHECK": reading(_check_cmd),
+    "OTASTART": setter(_start),
+    "OTAURL": value(_url_query, _url_set),
 }

@@ -39,7 +39,7 @@ __import__("firmware.app")  # what every boot loads
 from firmware import registry  # noqa: E402
 
 print("boot", used() - before)
-for group in registry.group_names():
+for group in registry.GROUPS:
     last = used()
     __import__("firmware.commands." + group)
     print(group, used() - last)

@@ -10,8 +10,6 @@ CURRENT = "ota/current"
 PENDING = "ota/pending"
 SLOTS = ("a", "b")
 
-settings.defaults({"ota_url": ""})  # AT+OTAURL: the update server (extension)
-
 
 def read(path):
     try:

@@ -38,6 +38,11 @@ _NEW = "ota/new"  # staging folder
 _task = None  # the running AT+OTASTART
 
 
+# No update runs (registry.py may release this group).
+def idle():
+    return _task is None
+
+
 # A failure with its +OTAEVENT:FAIL reason word and a detail for AT+ERRNO.
 class Fail(Exception):
     def __init__(self, reason, detail=""):

@@ -56,7 +56,9 @@ def _systime():
     return "+SYSTIME:{}".format(ctx.uptime_ms())
 
 
+# The free heap once idle groups are released (registry.py): what the host can count on.
 def _memfree():
+    registry.release()
     gc.collect()
     return "+MEMFREE:{}".format(gc.mem_free())
 

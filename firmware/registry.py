@@ -14,9 +14,7 @@
 import gc
 import sys
 
-from micropython import const
-
-_RESERVE = const(48 * 1024)  # the biggest group's import and working buffers, with margin
+_RESERVE = 48 * 1024  # the biggest group's import and working buffers, with margin
 # The module whose idle() tells whether a group's feature is running.
 _IDLE = {
     "tcpip": "firmware.links",

@@ -124,6 +124,8 @@ def main() -> None:
     results, versions = measure()
     print("\n".join(table(results)))
     print(f"factor (64-bit unix / 32-bit {REFERENCE}): {factor(results)}")
+    recorded = json.loads(FACTOR_FILE.read_text())
+    print(f"the launcher's (recorded {recorded['measured']}): {recorded['factor']}")
     if args.write:
         record = {
             "factor": factor(results),

@@ -89,8 +89,7 @@ def peak_session() -> int:
                 steps = test_memory.in_turn(w, phone) + test_memory.all_at_once(w, phone)
                 for _, step in steps:
                     step(h)
-                    free = int(h.cmd("AT+MEMFREE").split(b":")[1].split(b"\r")[0])
-                    peak = max(peak, vm_heap - free)
+                    peak = max(peak, vm_heap - h.memfree())
             finally:
                 phone.close()
             return peak

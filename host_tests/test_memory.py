@@ -337,6 +337,7 @@ def run(h: Host, phone: Phone | None, n: int, steps: Steps, failed: list[str]) -
 # failure with the figures. MQTT over TLS is left to test_every_feature_in_one_boot: after a
 # TLS link it runs out of memory (its client's 4352-byte buffer finds no free block that large
 # in the fragmented heap), and a heap left that fragmented fails the next groups' imports too.
+@pytest.mark.timeout(300)
 def test_memory_comes_back(tmp_path: Path, world: dict) -> None:
     failed: list[str] = []
     steps: Steps = [
@@ -377,6 +378,7 @@ def one_tls_link(h: Host, w: dict) -> None:
 # links and two TLS, with everything at once; the BT radio stays up once started) is collected
 # with AT+ERRNO's reason, everything is stopped and the session goes on; the test then reports
 # the list as an expected failure (xfail). AT+MEMFREE is checked after each round.
+@pytest.mark.timeout(900)
 def test_every_feature_in_one_boot(tmp_path: Path, world: dict) -> None:
     failed: list[str] = []
     m, h, boot_free = session(tmp_path)

@@ -113,9 +113,6 @@ INDEX = {  # name: (group, forms)
 # fmt: on
 # index: end
 
-_FORMS = ("=?", "?", "=", "")
-
-
 # AT+CMD? / AT+HELP: one line per command, "+CMD:AT+WJAP,=?,?,=" (an empty last field is the
 # bare command), in alphabetical order.
 def listing():

@@ -5,8 +5,7 @@ import sys
 
 import machine
 
-from firmware import board, ctx, log, settings, wifi
-from firmware.registry import Table
+from firmware import board, ctx, log, registry, settings, wifi
 from firmware.serial import Serial
 
 # The oldest MicroPython this firmware supports: WLAN.ipconfig and network.ipconfig, which
@@ -59,7 +58,7 @@ async def main():
     st = settings.Settings()
     st.load()
     ctx.settings = st
-    ctx.serial = Serial(open_uart(st["uart"]), Table(), st)
+    ctx.serial = Serial(open_uart(st["uart"]), registry, st)
     _restore(st)
     gc.collect()
     log.info("ready, {} bytes free".format(gc.mem_free()))
@@ -69,21 +68,25 @@ async def main():
 
 
 # Bring back what the host left running: the Wi-Fi links, and the features it asked to start
-# at power-on (their modules load only then).
+# at power-on. Their command groups load first (registry.load), so that their modules can be
+# released when the feature stops.
 def _restore(st):
     wifi.start()
     from firmware import ota  # every boot: confirms a new version once it answers AT
 
     ota.start()
-    if st.get("bt_on"):
+    if st["bt_on"]:
+        registry.load("bt")
         from firmware import bt
 
         bt.start()
-    if st.get("mqtt_autostart"):
+    if st["mqtt_autostart"]:
+        registry.load("mqtt")
         from firmware import mqtt
 
         mqtt.start()
-    if any(st.get("links", ())):
+    if any(st["links"]):
+        registry.load("tcpip")
         from firmware import links
 
         links.start()

@@ -29,13 +29,6 @@ from firmware import ctx, events, log, settings
 from firmware.at import E_FAIL, E_STATE, E_TIMEOUT, AtError
 from firmware.btid import mac, name
 
-settings.defaults(
-    {
-        "bt_passkey": "123456",  # AT+BTPASSKEY
-        "bt_on": False,  # AT+BTDISCOVERY=ON: advertise, also after a restart
-        "btevent": True,  # AT+BTEVENT=EN
-    }
-)
 
 NAME_MAX = const(26)  # 31-byte advertising packet: flags (3) + name header (2) + name
 
@@ -346,3 +339,9 @@ def start():
 
 def state():
     return DISCONNECTED if radio is None else radio.state()
+
+
+# The radio was never started (once up it stays up: registry.py may release this module only
+# before).
+def idle():
+    return radio is None

@@ -2,11 +2,7 @@
 # (firmware/bt.py): the provisioning page shows it too.
 import machine
 
-from firmware import ctx, settings
-
-settings.defaults(
-    {"bt_name": ""}  # AT+BTNAME ("": the default name, EMW3239_<last 3 bytes of the MAC>)
-)
+from firmware import ctx
 
 
 # The Bluetooth address: the board's base MAC + 2, as ESP-IDF derives it; readable without

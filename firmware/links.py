@@ -29,20 +29,6 @@ _SEND_WAIT_MS = const(10000)  # CIPSEND on a link still connecting waits this lo
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(30000)
 
-settings.defaults(
-    {
-        "recvcfg": 1,  # 1 push (+CIPEVENT:SOCKET), 0 pull (AT+CIPRECV)
-        "autoconn": [1, 1, 1, 1, 1],
-        "links": [
-            [],
-            [],
-            [],
-            [],
-            [],
-        ],  # per id: [type, host, remote port, local port] while started
-        "sslopt": [[0, 0], [0, 0], [0, 0], [0, 0], [0, 0]],  # per id: verify root, client cert
-    }
-)
 
 _rx = bytearray(CHUNK)  # the one receive buffer of push mode: read, then pushed at once
 _rxmv = memoryview(_rx)
@@ -474,3 +460,9 @@ async def _restore():
                 open_link(lid, cfg[0], cfg[1], cfg[2], cfg[3], remember=False)
             except AtError as e:
                 log.warn("link {} not restored: {}".format(lid, e.detail))
+
+
+# Nothing runs: every link is stopped and none waits to be restored (registry.py may release
+# this module).
+def idle():
+    return (_restorer is None or _restorer.done()) and all(L.state == CLOSE for L in links or ())

@@ -59,22 +59,6 @@ _SUB = const(1)
 _UNSUB = const(2)
 _QUIET = const(3)  # unsubscribing a topic a slot no longer uses: no event
 
-settings.defaults(
-    {
-        "mqtt_auth": ["", ""],  # user name, password ("" = none)
-        "mqtt_sock": ["", 1883],  # broker host, port
-        "mqtt_caverify": [False, False],  # verify the server (root CA), send a client certificate
-        "mqtt_ssl": False,
-        "mqtt_cid": "",  # "" = "EMW_" + the station MAC
-        "mqtt_keepalive": 60,  # s; 0 = none
-        "mqtt_reconn": True,
-        "mqtt_autostart": False,
-        "mqttevent": True,  # factory default drivers rely on (wire notes); gated in events.py
-        "mqtt_subs": [[], [], [], [], [], []],  # per id: [] or [topic filter, qos]
-        "mqtt_pub": ["", 0],  # topic and QoS of AT+MQTTSEND
-    }
-)
-
 
 # Why a connection failed or ended; the text is the reason (AT+MQTTERR).
 class Failure(Exception):  # worth retrying
@@ -686,3 +670,10 @@ async def _autostart():
     s = get()
     if s.status == CLOSED and s._task is None:
         s.start()
+
+
+# Nothing runs: no session started, none waiting to auto-start (registry.py may release this
+# module).
+def idle():
+    s = _session
+    return (_auto is None or _auto.done()) and (s is None or (s._task is None and not s.up()))

@@ -10,9 +10,6 @@ CURRENT = "ota/current"
 PENDING = "ota/pending"
 SLOTS = ("a", "b")
 
-# AT+OTAURL: the update server; AT+OTAPROGRESS: progress events (extensions)
-settings.defaults({"ota_url": "", "ota_progress": False})
-
 
 def read(path):
     try:

@@ -57,14 +57,6 @@ _RESCAN_MS = const(15000)
 _STOP_MS = const(1500)  # after success: time for the answer to reach the phone
 _NETS_MAX = const(20)
 
-settings.defaults(
-    {
-        "prov_key": "",  # AT+SMARTKEY: "" = open set-up AP, else its WPA2 key (8..63)
-        "prov_http": ["AP", 80],  # AT+SMARTHTTP: address ("AP" = the soft AP's) and port
-        "airkiss": ["", ""],  # AT+SMARTCFG: AirKiss device_id, original_id (stored only)
-    }
-)
-
 
 # An HTTP failure: status code (0 = the peer is gone, answer nothing).
 class _Bad(Exception):
@@ -495,6 +487,11 @@ _closing = None  # the asyncio server of the last run, until its socket is close
 
 def running():
     return _server is not None
+
+
+# Provisioning is off (registry.py may release this module).
+def idle():
+    return _server is None
 
 
 # Open the set-up AP and its web server (AT+SMARTSTART=5). Raises at.AtError when the

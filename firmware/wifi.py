@@ -5,7 +5,7 @@ import asyncio
 import network
 from micropython import const
 
-from firmware import ctx, events, settings
+from firmware import ctx, events
 from firmware.wifi_reasons import ERR_NO_SSID, ERR_PASSWORD, ERR_UNKNOWN, join_error
 
 # Station states, as AT+WJAPS names them.
@@ -21,18 +21,6 @@ _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(30000)
 _NO_ADDR = ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
 
-settings.defaults(
-    {
-        "sta": ["", ""],  # stored SSID and key ("" = none)
-        "sta_on": False,  # join the stored AP at start (cleared by AT+WJAPQ)
-        "dhcp": True,
-        "sta_ip": list(_NO_ADDR),  # static address, mask, gateway, DNS (AT+WJAPIP)
-        "ap": ["", ""],  # soft AP SSID and key
-        "ap_on": False,  # start the soft AP at start (cleared by AT+WSAPQ)
-        "ap_ip": ["192.168.4.1", "255.255.255.0", "192.168.4.1"],
-        "scanopt": 0,
-    }
-)
 
 _AUTH_NAMES = {
     network.AUTH_OPEN: "OPEN",

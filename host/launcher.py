@@ -55,9 +55,12 @@ SNTP_SERVERS = ("pool.ntp.org", "time.google.com")  # the firmware's factory AT+
 
 STAND_IN_HEAP = 128 * 1024  # extra VM heap for the host/board stand-ins (see start.py)
 # --heap is the ESP32's heap. The VM is 64-bit: pointers, object headers, dict and list slots
-# take twice the bytes they take on the 32-bit ESP32, bytes and bytecode the same. 1.6 is our
-# estimate of the mix for this firmware (an estimate, not a measurement: see README, limits).
-WORD_SCALE_64 = 1.6
+# take twice the bytes they take on the 32-bit ESP32, bytes and bytecode the same. The factor
+# for this firmware's mix is measured against a 32-bit MicroPython VM by
+# tools/heap32/calibrate.py (make calibrate), which records it in host/heap_factor.json.
+WORD_SCALE_64 = json.loads((Path(__file__).resolve().parent / "heap_factor.json").read_text())[
+    "factor"
+]
 
 
 def parse_heap(text: str) -> int:

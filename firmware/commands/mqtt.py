@@ -20,7 +20,7 @@
 # AT+MQTTCLOSE and a restart, and each connection subscribes them again (reported before
 # CONNECT,SUCCESS). AT+MQTTUNSUB forgets one.
 from firmware import at, ctx, events, mqtt, mqttpkt, serial
-from firmware.commands.system import reading, switch, value
+from firmware.commands.system import action, reading, setter, switch, value
 
 _USER_MAX = 256
 _PASS_MAX = 512  # cloud tokens (SAS, JWT) are long
@@ -219,12 +219,12 @@ COMMANDS = {
     # ":" as the document writes it. Unlike "+WEVENT=ON", a driver's event matcher that takes
     # this line for an event finds no result word it knows in "ON", and ignores it.
     "MQTTEVENT": switch("mqttevent", "+MQTTEVENT:"),
-    "MQTTSTART": (None, None, None, _start),
+    "MQTTSTART": action(_start),
     "MQTTSUB": value(_sub_query, _sub_set),
     "MQTTPUB": value(_pub_query, _pub_set),
-    "MQTTSEND": (None, None, _send_set, None),
-    "MQTTUNSUB": (None, None, _unsub_set, None),
-    "MQTTSTATUS": (None, None, _status_set, None),
-    "MQTTCLOSE": (None, None, None, _close),
+    "MQTTSEND": setter(_send_set),
+    "MQTTUNSUB": setter(_unsub_set),
+    "MQTTSTATUS": setter(_status_set),
+    "MQTTCLOSE": action(_close),
     "MQTTERR": reading(_err_query),
 }

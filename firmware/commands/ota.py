@@ -11,7 +11,7 @@ from micropython import const
 
 from firmware import at, ctx, ota, wifi
 from firmware.at import AtError
-from firmware.commands.system import switch
+from firmware.commands.system import reading, setter, switch, value
 
 _URL_MAX = const(200)
 _VERSION_MAX = const(32)  # what AT+FWVER can show
@@ -66,7 +66,7 @@ def _url_set(p):
 
 COMMANDS = {
     "OTAPROGRESS": switch("ota_progress", "+OTAPROGRESS:"),
-    "OTACHECK": (_check_cmd, _check_cmd, None, _check_cmd),
-    "OTASTART": (None, None, _start, None),
-    "OTAURL": (_url_query, _url_query, _url_set, _url_query),
+    "OTACHECK": reading(_check_cmd),
+    "OTASTART": setter(_start),
+    "OTAURL": value(_url_query, _url_set),
 }

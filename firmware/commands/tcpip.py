@@ -16,7 +16,7 @@ import socket
 
 from firmware import at, certs, ctx, links, serial
 from firmware.at import AtError
-from firmware.commands.system import value
+from firmware.commands.system import action, setter, value
 
 _CTRL_Z = b"\x1a"
 _HOST_MAX = 253
@@ -186,18 +186,18 @@ def _drops(p):
 
 
 COMMANDS = {
-    "SSLCERTGET": (None, None, _certget, None),
-    "SSLCERTSET": (None, None, _certset, None),
-    "CIPDOMAIN": (None, None, _domain, None),
-    "CIPAUTOCONN": (None, None, _autoconn, None),
-    "CIPSSLOPT": (None, None, _sslopt, None),
-    "CIPSTART": (None, None, _start, None),
-    "CIPSTOP": (None, None, _stop, None),
-    "CIPSTATUS": (None, None, _status, None),
-    "CIPSEND": (None, None, _send, None),
-    "CIPSENDRAW": (None, None, None, _sendraw),
-    "CIPRECV": (None, None, _recv, None),
+    "SSLCERTGET": setter(_certget),
+    "SSLCERTSET": setter(_certset),
+    "CIPDOMAIN": setter(_domain),
+    "CIPAUTOCONN": setter(_autoconn),
+    "CIPSSLOPT": setter(_sslopt),
+    "CIPSTART": setter(_start),
+    "CIPSTOP": setter(_stop),
+    "CIPSTATUS": setter(_status),
+    "CIPSEND": setter(_send),
+    "CIPSENDRAW": action(_sendraw),
+    "CIPRECV": setter(_recv),
     "CIPRECVCFG": value(_recvcfg_query, _recvcfg_set),
-    "CIPERR": (None, None, _err, None),
-    "CIPDROPS": (None, None, _drops, None),
+    "CIPERR": setter(_err),
+    "CIPDROPS": setter(_drops),
 }

@@ -162,6 +162,8 @@ class Session:
         self._pending = {}  # packet id -> [kind, sub id, deadline ticks]
         self._addr = None  # (host, port, address) resolved for this session
         self._busy = False  # the reader has data but waits for the UART to be idle
+        self._msg = None  # the message _on_msg found in the packet being read
+        self._drained = False  # the last poll() found no packet
         self._lost = None  # asyncio.Event of the current connection: set when it is lost
 
     def up(self):
@@ -400,9 +402,8 @@ class Session:
                 await readable(s)
                 self._busy = True
                 while True:
-                    await ctx.serial.until_idle()
-                    # no await from here to the end of poll(): _on_msg pushes to the UART
-                    if c.poll() is None:
+                    await ctx.serial.send(self._poll)  # _on_msg's message goes out at once
+                    if self._drained:
                         break
                     await asyncio.sleep_ms(0)  # let the UART and others run between packets
                 self._busy = False
@@ -516,9 +517,16 @@ class Session:
             self.subs[i] = UNSUB_OK
             events.emit("MQTTEVENT", "{},{}".format(i, UNSUB_OK))
 
-    # A message, to the lowest id whose filter matches its topic (called by poll() in the
-    # reader, right after until_idle()). Messages are data, not status events: they are
-    # always delivered, whatever AT+MQTTEVENT says.
+    # One packet, read when the engine calls it with the line free: the message it carries.
+    def _poll(self):
+        self._msg = None
+        self._drained = self.client.poll() is None
+        msg, self._msg = self._msg, None
+        return msg
+
+    # A message, to the lowest id whose filter matches its topic (called by poll() inside
+    # _poll). Messages are data, not status events: they are always delivered, whatever
+    # AT+MQTTEVENT says.
     def _on_msg(self, topic, msg):
         try:
             t = topic.decode()
@@ -527,7 +535,7 @@ class Session:
         for i in range(SUBS):
             e = sub(i)
             if e and _match(e[0], t):
-                ctx.serial.push("+MQTTRECV:{},{},".format(i, len(msg)), msg)
+                self._msg = ("+MQTTRECV:{},{},".format(i, len(msg)), msg)
                 return
         log.info("mqtt: message on {!r} matches no subscription".format(topic))
 

@@ -440,8 +440,8 @@ async def _update(version):
         _task = None
         events.emit("OTAEVENT", "FAIL," + reason)
         return
-    await ctx.serial.until_idle()
-    events.emit("OTAEVENT", "SUCCESS")  # no await since: goes out now, before the reset
+    events.emit("OTAEVENT", "SUCCESS")
+    await ctx.serial.sent()  # out before the reset
     from firmware.commands.system import restart
 
     restart()

@@ -47,9 +47,8 @@ def _start(p):
         at.count(p, 4, 5)
         host = at.text(p, 2, _HOST_MAX)
         rport = _port(p, 3)
-        if typ.startswith("udp"):
-            at.count(p, 5)
-        lport = _port(p, 4, lo=0) if len(p) == 5 else 0  # 0: any
+        # no local port (EWF's udp_unicast, wire notes), or an empty one: 0, any
+        lport = _port(p, 4, lo=0) if len(p) == 5 and p[4] is not None else 0
     links.open_link(lid, typ, host, rport, lport)
 
 

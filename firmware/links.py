@@ -104,8 +104,7 @@ class Link:
                 self._listen()
             elif typ.startswith("udp"):
                 self._bind_udp()
-                # part of AT+CIPSTART's response, before its OK (a driver sends CIPSEND next)
-                events.emit("CIPEVENT", "{},UDP,CONNECTED".format(self.id))
+                events.emit("CIPEVENT", "{},UDP,CONNECTED".format(self.id), True)
         except OSError as e:
             if self.sock is not None:
                 self.sock.close()
@@ -121,10 +120,10 @@ class Link:
         was = self.state
         self.state = CLOSE
         self.leftover = None
-        for p in self.peers:
+        for p in self.peers:  # the events are part of AT+CIPSTOP's response
             p.close()
             if self.type == "tcp_server":
-                events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(p.ip, p.port))
+                events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(p.ip, p.port), True)
         self.peers = []
         if self.sock is not None:
             self.sock.close()
@@ -132,9 +131,9 @@ class Link:
         if was == CLOSE:
             return
         if self.type.startswith("udp"):
-            events.emit("CIPEVENT", "{},UDP,CLOSED".format(self.id))
+            events.emit("CIPEVENT", "{},UDP,CLOSED".format(self.id), True)
         else:
-            events.emit("CIPEVENT", "{},SERVER,CLOSED".format(self.id))
+            events.emit("CIPEVENT", "{},SERVER,CLOSED".format(self.id), True)
 
     # Keep the link up: connect, serve, and with AT+CIPAUTOCONN on, connect again with
     # back-off when a client link drops.
@@ -272,7 +271,7 @@ class Link:
         if peer in self.peers:
             self.peers.remove(peer)
             peer.close()
-            events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(peer.ip, peer.port))
+            events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(peer.ip, peer.port), True)
 
     # Move received data from a stream to the host until the peer closes.
     async def _pump(self, peer):

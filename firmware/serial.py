@@ -3,10 +3,10 @@
 #
 # Event order (README, "event order"): no event byte goes out between the first byte of a
 # command line and that command's final result, nor between a ">" and the end of its data
-# phase, nor in transparent mode. Events a command causes while it runs (posted from the
-# engine's own task) are part of its response, written just before its final result. Others
-# wait until the line is free: no response open, no partial line (bounded: _PARTIAL_MS of
-# silence after its last byte frees the line), no unread input.
+# phase, nor in transparent mode. Events posted as `caused` by the command being answered are
+# part of its response, written just before its final result. Others wait until the line is
+# free: no response open, no partial line (bounded: _PARTIAL_MS of silence after its last
+# byte frees the line), no unread input.
 import asyncio
 import gc
 
@@ -45,6 +45,7 @@ class DataPhase:
         self.done = done
         self.end = end
         self.sink = sink
+        self.error = None  # what failed the phase part-way (it is still read to its end)
 
 
 class Serial:
@@ -61,9 +62,9 @@ class Serial:
         self._data = memoryview(bytearray(DATA_MAX))
         self._phase = None  # the DataPhase being received, or None in command mode
         self._got = 0  # bytes of the data phase received so far
-        self._bad = None  # the AtError that failed the current data phase part-way
         self._open = False  # a response is open
-        self._doing = ""  # the command being answered, for error reasons ("AT+CIPSTART")
+        self._doing = ""  # what is being done, for error reasons; None: the command in _line
+        self._cmd = 0  # length of that command in _line
         self._held = []  # text events waiting for the line to be free
         self._caused = []  # text events the open command caused: written before its result
         self._free = asyncio.Event()  # set while the line is free for events
@@ -81,7 +82,6 @@ class Serial:
         mv = self._rxmv
         while True:
             try:
-                self._release()
                 n = await self._read()
                 i = 0
                 while i < n:
@@ -98,6 +98,10 @@ class Serial:
     # cuts a frame after the AT+UARTFOMAT idle time; a partial line frees the line for events
     # after _PARTIAL_MS. Only the wait is timed, never the read.
     async def _read(self):
+        n = self._uart.readinto(self._rx)  # what is there already (the next pipelined line?)
+        if n:
+            return n
+        self._release()
         if self.sink is not None:
             timeout = self._settings["uartfomat"][1]
         elif self._phase is not None:
@@ -160,6 +164,7 @@ class Serial:
             self._begin("reading a command line")
             self._fail(AtError(at.E_SYNTAX, "line longer than {}".format(LINE_MAX)))
         elif length:  # empty lines are ignored
+            self._cmd = length
             await self._dispatch(bytes(self._line[:length]))
         return stop
 
@@ -179,10 +184,9 @@ class Serial:
             self._len += k
 
     async def _dispatch(self, line):
-        self._begin("a command")
+        self._begin(None)
         try:
             name, op, params = at.parse(line)
-            self._doing = "AT+" + name if name else "AT"
             row = self._table.get(name)
             if row is None:
                 raise AtError(at.E_UNKNOWN, "unknown command " + name)
@@ -197,7 +201,6 @@ class Serial:
                     raise AtError(at.E_PARAM, "data length must be 1..{}".format(DATA_MAX))
                 self._phase = res
                 self._got = 0
-                self._bad = None
                 self._uart.write(b">")
                 return  # the response stays open until the data is in
             self._finish(res)
@@ -217,7 +220,7 @@ class Serial:
             done = j >= 0
             k = (j if done else n) - i
             stop = j + 1 if done else n
-        if self._bad is None and k:
+        if ph.error is None and k:
             try:
                 if ph.sink is not None:
                     ph.sink.write(mv[i : i + k])
@@ -226,13 +229,13 @@ class Serial:
                 else:
                     self._data[got : got + k] = mv[i : i + k]
             except Exception as e:  # read on to the end of the data, then answer once
-                self._bad = e
+                ph.error = e
         self._got = got + k
         if done:
             self._phase = None
             try:
-                if self._bad is not None:
-                    raise self._bad
+                if ph.error is not None:
+                    raise ph.error
                 data = None if ph.sink is not None else self._data[: self._got]
                 res = ph.done(data)
                 if hasattr(res, "send"):
@@ -296,12 +299,10 @@ class Serial:
     def _hold(self):
         self._free.clear()
 
-    # Free the line for events when nothing holds it and no input waits to be read (it may
-    # be the next command of a pipelining host): the held ones first, then the waiting data.
+    # Free the line for events when nothing holds it (called when no input waits to be read:
+    # it could be the next command of a pipelining host): the held ones first, then the rest.
     def _release(self):
         if self._open or self._typing or self.sink is not None or self._phase is not None:
-            return
-        if (self._held or not self._free.is_set()) and self._uart.any():
             return
         held = self._held
         while held:
@@ -330,9 +331,9 @@ class Serial:
         if isinstance(e, AtError):
             err = (e.code, e.detail)
         elif isinstance(e, MemoryError):
-            err = self._oom(self._doing)
+            err = self._oom(self._doing)  # None: the command
         else:
-            log.exc(e, self._doing)
+            log.exc(e, self._what())
             err = (at.E_INTERNAL, repr(e))
         self.last_error = err
         self._write_caused()
@@ -349,6 +350,17 @@ class Serial:
         while caused:
             self._write_event(caused.pop(0))
 
+    # What is being done: "AT+CIPSTART" for a command (its name, made only when needed).
+    def _what(self):
+        if self._doing is not None:
+            return self._doing
+        line = bytes(self._line[: self._cmd])
+        for c in b"=?":
+            i = line.find(bytes((c,)))
+            if i > 0:
+                line = line[:i]
+        return line.decode()
+
     def _end(self):
         self._open = False
         if self._after is not None:
@@ -362,6 +374,8 @@ class Serial:
 
     def _oom(self, doing):
         gc.collect()
+        if doing is None:
+            doing = self._what()
         log.warn("out of memory while {} ({} bytes free)".format(doing, gc.mem_free()))
         return (at.E_INTERNAL, "out of memory while " + doing)
 
@@ -372,13 +386,17 @@ class Serial:
     def flush(self):
         self._uart.flush()
 
-    # Post a text event ("+WEVENT:STATION_UP"): it goes out now if the line is free, before
-    # the final result if the open command caused it, else as soon as the line is free.
-    def event(self, text):
+    # Post a text event ("+WEVENT:STATION_UP"): it goes out now if the line is free, else as
+    # soon as it is free. `caused`: the command being answered caused it and its driver must
+    # not meet it after the final result (a UDP link bound by AT+CIPSTART: the host sends
+    # AT+CIPSEND next and takes the first byte for ">"): it goes out before the final result.
+    # Outcomes a driver waits for after OK (PUBLISH,SUCCESS...) are not `caused`.
+    def event(self, text, caused=False):
         if self._free.is_set():
             self._write_event(text)
             return
-        queue = self._caused if self._open and asyncio.current_task() is self._task else self._held
+        mine = caused and self._open and asyncio.current_task() is self._task
+        queue = self._caused if mine else self._held
         if len(queue) >= _HELD_MAX:
             log.warn("event dropped while the line was busy: {}".format(queue.pop(0)))
         queue.append(text)

@@ -152,16 +152,11 @@ def _domain(p):
     return ips
 
 
+# The text streams to flash as it comes (certs.Upload): any length up to certs.MAX.
 def _certset(p):
     at.count(p, 1)
-    kind = at.integer(p, 0, 0, 3)
-
-    def done(data):
-        if not data:
-            raise AtError(at.E_PARAM, "empty certificate")
-        certs.store(kind, data)
-
-    return serial.DataPhase(0, done, end=_CTRL_Z)
+    upload = certs.Upload(at.integer(p, 0, 0, 3))
+    return serial.DataPhase(0, lambda _: upload.commit(), end=_CTRL_Z, sink=upload)
 
 
 def _certget(p):

@@ -151,6 +151,8 @@ class Link:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # any failure ends this connection
+                if isinstance(e, MemoryError):
+                    ctx.serial.out_of_memory("serving link {}".format(self.id))
                 self.error = _reason(e)
                 log.info("link {}: {}".format(self.id, self.error))
             self._drop()

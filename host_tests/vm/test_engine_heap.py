@@ -1,5 +1,6 @@
 # MicroPython VM: the engine's output paths allocate nothing (run under heap_lock), so a
 # response, an event, data events (send) and transparent-mode bytes cost no heap however many.
+import asyncio
 import io
 import sys
 
@@ -61,4 +62,19 @@ finally:
 out = bytes(uart.out[: uart.n])
 assert out.startswith(b"\r\n+FWVER:esp32_AT_v2.0.0\r\n\r\nOK\r\n\r\n+WEVENT:STATION_UP\r\n"), out
 assert out.endswith(b"x" * 1024 + b"\r\n" + b"x" * 1024)
+
+# A MemoryError in a handler: ERROR, and AT+ERRNO's reason names the command (no restart).
+def starved(params):
+    raise MemoryError
+
+
+uart.n = 0
+eng = serial.Serial(uart, {"CIPSTART": (None, None, starved, None)}, Settings())
+line = b"AT+CIPSTART=0,udp_unicast,1.2.3.4,5\r"
+eng._rx[: len(line)] = line
+asyncio.run(eng._take_line(eng._rxmv, 0, len(line)))
+assert bytes(uart.out[: uart.n]) == b"\r\nERROR\r\n", bytes(uart.out[: uart.n])
+assert eng.last_error == (10, "out of memory while AT+CIPSTART"), eng.last_error
+eng.out_of_memory("reading the UART")
+assert eng.last_error[1] == "out of memory while reading the UART"
 print("OK")

@@ -48,28 +48,6 @@ class DataPhase:
         self.error = None  # what failed the phase part-way (it is still read to its end)
 
 
-# Text events waiting to be written, oldest first, beyond _HELD_MAX the oldest dropped. A
-# fixed ring: a list that grows and shrinks would leave small blocks across the heap.
-class _Events:
-    def __init__(self):
-        self._q = [None] * _HELD_MAX
-        self._first = 0
-        self.n = 0
-
-    def put(self, text):
-        if self.n == _HELD_MAX:
-            log.warn("event dropped while the line was busy: {}".format(self.take()))
-        self._q[(self._first + self.n) % _HELD_MAX] = text
-        self.n += 1
-
-    def take(self):
-        text = self._q[self._first]
-        self._q[self._first] = None
-        self._first = (self._first + 1) % _HELD_MAX
-        self.n -= 1
-        return text
-
-
 class Serial:
     def __init__(self, uart, table, settings):
         self._uart = uart
@@ -87,8 +65,8 @@ class Serial:
         self._open = False  # a response is open
         self._doing = ""  # what is being done, for error reasons; None: the command in _line
         self._cmd = 0  # length of that command in _line
-        self._held = _Events()  # text events waiting for the line to be free
-        self._caused = _Events()  # text events the open command caused: before its result
+        self._held = []  # text events waiting for the line to be free
+        self._caused = []  # text events the open command caused: before its result
         self._free = asyncio.Event()  # set while the line is free for events
         self._task = None  # the engine's own task
         self._after = None  # called once the current response is out (reboot)
@@ -327,8 +305,8 @@ class Serial:
         if self._open or self._typing or self.sink is not None or self._phase is not None:
             return
         held = self._held
-        while held.n:
-            self._write_event(held.take())
+        while held:
+            self._write_event(held.pop(0))
         self._free.set()
 
     # Write a handler's response (None, one line, or a list of lines) and OK. The writer
@@ -369,8 +347,8 @@ class Serial:
 
     def _write_caused(self):
         caused = self._caused
-        while caused.n:
-            self._write_event(caused.take())
+        while caused:
+            self._write_event(caused.pop(0))
 
     # What is being done: "AT+CIPSTART" for a command (its name, made only when needed).
     def _what(self):
@@ -418,7 +396,10 @@ class Serial:
             self._write_event(text)
             return
         mine = caused and self._open and asyncio.current_task() is self._task
-        (self._caused if mine else self._held).put(text)
+        queue = self._caused if mine else self._held
+        if len(queue) >= _HELD_MAX:
+            log.warn("event dropped while the line was busy: {}".format(queue.pop(0)))
+        queue.append(text)
 
     def _write_event(self, text):
         u = self._uart
@@ -450,14 +431,6 @@ class Serial:
             u.write(data)
             u.write(_CRLF)
         return item
-
-    # Wait until every event posted so far is out (before a reset).
-    async def sent(self):
-        await self.send(_nothing)
-
-
-def _nothing():
-    return None
 
 
 def error_line(err):

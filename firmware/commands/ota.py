@@ -441,7 +441,7 @@ async def _update(version):
         events.emit("OTAEVENT", "FAIL," + reason)
         return
     events.emit("OTAEVENT", "SUCCESS")
-    await ctx.serial.sent()  # out before the reset
+    await ctx.serial.send(lambda: None)  # returns once the line is free: the event is out
     from firmware.commands.system import restart
 
     restart()

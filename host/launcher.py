@@ -121,7 +121,11 @@ class Launcher:
         self.copy_world()
         self.compile()
         self.open_pty()
-        uart_srv = await asyncio.start_server(self.on_uart, sock=self.uart_socket())
+        # limit: the stream's own buffer (2 x limit before it stops reading) is part of the
+        # UART's FIFO too; asyncio's default, 128 KB, would hold a second of 921600 output
+        uart_srv = await asyncio.start_server(
+            self.on_uart, sock=self.uart_socket(), limit=UART_RCVBUF
+        )
         ctl_srv = await asyncio.start_server(self.on_control, "127.0.0.1", 0)
         self.uart_port = uart_srv.sockets[0].getsockname()[1]
         self.control_port = ctl_srv.sockets[0].getsockname()[1]

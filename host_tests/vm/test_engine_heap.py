@@ -63,6 +63,7 @@ out = bytes(uart.out[: uart.n])
 assert out.startswith(b"\r\n+FWVER:esp32_AT_v2.0.0\r\n\r\nOK\r\n\r\n+WEVENT:STATION_UP\r\n"), out
 assert out.endswith(b"x" * 1024 + b"\r\n" + b"x" * 1024)
 
+
 # A MemoryError in a handler: ERROR, and AT+ERRNO's reason names the command (no restart).
 def starved(params):
     raise MemoryError

@@ -59,6 +59,7 @@ async def main():
     st.load()
     ctx.settings = st
     ctx.serial = Serial(open_uart(st["uart"]), registry, st)
+    asyncio.get_event_loop().set_exception_handler(_task_failed)
     _restore(st)
     gc.collect()
     log.info("ready, {} bytes free".format(gc.mem_free()))
@@ -90,6 +91,15 @@ def _restore(st):
         from firmware import links
 
         links.start()
+
+
+# A task ended by an exception nobody caught: logged; out of memory also goes to AT+ERRNO.
+def _task_failed(loop, context):
+    e = context["exception"]
+    if isinstance(e, MemoryError):
+        ctx.serial.out_of_memory("running a background task")
+    else:
+        log.exc(e, "a background task")
 
 
 # Hourly: keep uptime counting past the ticks_ms wrap.

@@ -271,16 +271,18 @@ class Radio:
     # BTEVENT=EN, the bytes alone otherwise. Never inside a response.
     async def _flush(self):
         while self._head != self._tail:
-            if self.sink is None:  # in transparent mode the engine waits for us, not we for it
-                await ctx.serial.until_idle()
-            head, tail = self._head, self._tail
-            end = head if head > tail else _RING
-            mv = self._ringmv[tail:end]
-            if self.sink is not None or not ctx.settings["btevent"]:
-                ctx.serial.raw(mv)
-            else:
-                ctx.serial.push("+BTEVENT:DATA,{},".format(end - tail), mv)
-            self._tail = end % _RING
+            await ctx.serial.send(self._take, self.sink)
+
+    # The ring's oldest contiguous bytes, as the engine writes them (it calls this with the
+    # line free, or at once in transparent mode).
+    def _take(self):
+        head, tail = self._head, self._tail
+        end = head if head > tail else _RING
+        self._tail = end % _RING
+        mv = self._ringmv[tail:end]
+        if not ctx.settings["btevent"]:
+            return None, mv
+        return "+BTEVENT:DATA,{},".format(end - tail), mv
 
     # Send data to the phone as notifications of at most MTU-3 bytes, waiting while the
     # stack's buffers are full (AT+BTSEND, transparent mode).

@@ -3,29 +3,21 @@
 from firmware import ctx, settings
 
 _DIR = settings.DIR + "/certs"
-_held = {}  # stored while FLASHLOCK is ON: live until reboot, like settings
+held = {}  # stored while FLASHLOCK is ON: live until reboot, like settings
 
 
-def _path(kind):
+def path(kind):
     return "{}/{}.pem".format(_DIR, kind)
 
 
 def load(kind):
-    if kind in _held:
-        return _held[kind]
+    if kind in held:
+        return held[kind]
     try:
-        with open(_path(kind), "rb") as f:
+        with open(path(kind), "rb") as f:
             return f.read()
     except OSError:
         return None
-
-
-# Written atomically like settings; not at all under FLASHLOCK.
-def store(kind, data):
-    if ctx.settings["flashlock"]:
-        _held[kind] = bytes(data)
-    else:
-        settings.write_file(_path(kind), data)
 
 
 # The DER blocks of a stored certificate or key (a PEM bundle gives several), or None.

@@ -44,6 +44,7 @@ class Peer:
         self.n = 0  # bytes in buf
         self.room = asyncio.Event()  # set when buf has room again
         self.task = None
+        self.got = None  # what the last push-mode read returned
 
     def close(self):
         if self.task is not None:
@@ -89,6 +90,7 @@ class Link:
                 self._listen()
             elif typ.startswith("udp"):
                 self._bind_udp()
+                events.emit("CIPEVENT", "{},UDP,CONNECTED".format(self.id), True)
         except OSError as e:
             if self.sock is not None:
                 self.sock.close()
@@ -104,10 +106,10 @@ class Link:
         was = self.state
         self.state = CLOSE
         self.leftover = None
-        for p in self.peers:
+        for p in self.peers:  # the events are part of AT+CIPSTOP's response
             p.close()
             if self.type == "tcp_server":
-                events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(p.ip, p.port))
+                events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(p.ip, p.port), True)
         self.peers = []
         if self.sock is not None:
             self.sock.close()
@@ -115,9 +117,9 @@ class Link:
         if was == CLOSE:
             return
         if self.type.startswith("udp"):
-            events.emit("CIPEVENT", "{},UDP,CLOSED".format(self.id))
+            events.emit("CIPEVENT", "{},UDP,CLOSED".format(self.id), True)
         else:
-            events.emit("CIPEVENT", "{},SERVER,CLOSED".format(self.id))
+            events.emit("CIPEVENT", "{},SERVER,CLOSED".format(self.id), True)
 
     # Keep the link up: connect, serve, and with AT+CIPAUTOCONN on, connect again with
     # back-off when a client link drops.
@@ -135,6 +137,8 @@ class Link:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # any failure ends this connection
+                if isinstance(e, MemoryError):
+                    ctx.serial.out_of_memory("serving link {}".format(self.id))
                 self.error = _reason(e)
                 log.info("link {}: {}".format(self.id, self.error))
             self._drop()
@@ -255,22 +259,21 @@ class Link:
         if peer in self.peers:
             self.peers.remove(peer)
             peer.close()
-            events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(peer.ip, peer.port))
+            events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(peer.ip, peer.port), True)
 
     # Move received data from a stream to the host until the peer closes.
     async def _pump(self, peer):
         s = peer.sock
+
+        def take():  # the engine calls it with the line free: read, and it writes at once
+            n = peer.got = s.readinto(_rx)
+            return ("+CIPEVENT:SOCKET,{},{},".format(self.id, n), _rxmv[:n]) if n else None
+
         while True:
             await readable(s)
-            if ctx.serial.sink is self:  # transparent mode: raw bytes, no framing
-                n = s.readinto(_rx)
-                if n:
-                    ctx.serial.raw(_rxmv[:n])
-            elif ctx.settings["recvcfg"]:
-                await ctx.serial.until_idle()
-                n = s.readinto(_rx)
-                if n:
-                    ctx.serial.push("+CIPEVENT:SOCKET,{},{},".format(self.id, n), _rxmv[:n])
+            if ctx.serial.sink is self or ctx.settings["recvcfg"]:
+                await ctx.serial.send(take, self)  # in transparent mode: raw bytes
+                n = peer.got
             else:
                 n = await self._pull(peer)
             if n == 0:
@@ -299,31 +302,29 @@ class Link:
         s.setblocking(False)
 
     async def _udp(self):
-        if self.sock is None:
+        if self.sock is None:  # bound again after a failure (start() binds the first time)
             self._bind_udp()
+            events.emit("CIPEVENT", "{},UDP,CONNECTED".format(self.id))
         s = self.sock
         self.udp = Peer(s, self.host, self.rport)
         self.peers = [self.udp]
         self.state = CONNECTED
-        events.emit("CIPEVENT", "{},UDP,CONNECTED".format(self.id))
         while True:
             await readable(s)
-            if ctx.serial.sink is not self and ctx.settings["recvcfg"]:
-                await ctx.serial.until_idle()
-            data, addr = s.recvfrom(CHUNK)
-            if ctx.serial.sink is self:
-                ctx.serial.raw(data)
-            elif ctx.settings["recvcfg"]:
-                if self.type == "udp_broadcast":
-                    ip, port = ip_port(addr)
-                    head = "+CIPEVENT:UDP_BROADCAST,{},{},{},{},".format(
-                        ip, port, self.id, len(data)
-                    )
-                else:
-                    head = "+CIPEVENT:SOCKET,{},{},".format(self.id, len(data))
-                ctx.serial.push(head, data)
+            if ctx.serial.sink is self or ctx.settings["recvcfg"]:
+                await ctx.serial.send(self._datagram, self)  # in transparent mode: raw bytes
             else:
-                self._keep_datagram(data)
+                self._keep_datagram(s.recvfrom(CHUNK)[0])
+
+    # One datagram as an event (the engine calls it with the line free).
+    def _datagram(self):
+        data, addr = self.sock.recvfrom(CHUNK)
+        if self.type == "udp_broadcast":
+            ip, port = ip_port(addr)
+            head = "+CIPEVENT:UDP_BROADCAST,{},{},{},{},".format(ip, port, self.id, len(data))
+        else:
+            head = "+CIPEVENT:SOCKET,{},{},".format(self.id, len(data))
+        return head, data
 
     def _keep_datagram(self, data):
         p = self.udp

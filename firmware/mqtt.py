@@ -494,11 +494,7 @@ class Session:
         while True:
             await self._held.wait()
             self._held.clear()
-            await ctx.serial.until_idle()
-            # no await from here to the last push()
-            for first, body in rx.held():
-                topic, _, payload = mqttpkt.publish_parts(first, body)
-                _push(topic, payload)
+            await ctx.serial.send(_messages)
             rx.release()
             self._freed.set()
 
@@ -629,19 +625,25 @@ class Session:
             self._lost.set()
 
 
-# A message, to the lowest id whose filter matches its topic. Messages are data, not status
-# events: they are always delivered, whatever AT+MQTTEVENT says.
-def _push(topic, payload):
-    try:
-        t = str(topic, "utf-8")
-    except UnicodeError:
-        t = ""
-    for i in range(SUBS):
-        e = sub(i)
-        if e and mqttpkt.match(e[0], t):
-            ctx.serial.push("+MQTTRECV:{},{},".format(i, len(payload)), payload)
-            return
-    log.info("mqtt: message on {!r} matches no subscription".format(t))
+# The held messages as +MQTTRECV lines (serial.send writes them while the line is free), each to
+# the lowest id whose filter matches its topic. Messages are data, not status events: they are
+# always delivered, whatever AT+MQTTEVENT says.
+def _messages():
+    out = []
+    for first, body in _session._rx.held():
+        topic, _, payload = mqttpkt.publish_parts(first, body)
+        try:
+            t = str(topic, "utf-8")
+        except UnicodeError:
+            t = ""
+        for i in range(SUBS):
+            e = sub(i)
+            if e and mqttpkt.match(e[0], t):
+                out.append(("+MQTTRECV:{},{},".format(i, len(payload)), payload))
+                break
+        else:
+            log.info("mqtt: message on {!r} matches no subscription".format(t))
+    return out
 
 
 _session = None

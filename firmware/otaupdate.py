@@ -306,8 +306,8 @@ async def _update(version):
         log.info("ota: {} failed: {} {}".format(version, reason, detail))
         gc.collect()
         return
-    await ctx.serial.until_idle()
-    events.emit("OTAEVENT", "SUCCESS")  # no await since: goes out now, before the reset
+    events.emit("OTAEVENT", "SUCCESS")
+    await ctx.serial.send(lambda: None)  # returns once the line is free: the event is out
     from firmware.commands.system import restart
 
     restart()

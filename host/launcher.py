@@ -46,11 +46,19 @@ EXIT_LINK = 6  # the UART connection to the launcher was lost
 CRASH_WINDOW = 10.0  # crash-loop back-off: this many crashes within this many seconds...
 CRASH_COUNT = 5
 CRASH_PAUSE = 2.0  # ...wait this long before the next start
-PTY_STALL = 2.0  # drop output when nobody has read the pty for this long (nothing listening)
 WAKE_WAIT = 10.0  # the wake op answers once the firmware runs again, or after this long
 
 SOFT_AP = "192.168.4.1"  # the soft AP's factory address, where AT+SMARTSTART=5 serves its page
 SNTP_SERVERS = ("pool.ntp.org", "time.google.com")  # the firmware's factory AT+SNTPCFG servers
+# The host side of the UART is the pty: its buffer is the host's receive buffer, and a host
+# that does not read lets it fill. With CTS flow control (AT+UART=...,CTS or CTSRTS) a full pty
+# deasserts CTS: the launcher stops taking the firmware's output, so its UART writes block, as a
+# board's do. Without it the wire loses what the host's buffer cannot hold: those bytes are
+# dropped, counted (status "dropped") and logged. Paced, the pty holds what a host's buffer
+# would; unpaced the link has no baud rate, so a host gets PTY_STALL to catch up first.
+PTY_STALL = 2.0
+UART_CTS = 2  # machine.UART.CTS in the "uart" op's flow bits
+UART_RCVBUF = 4096  # the launcher's side of the firmware's UART connection (a small FIFO)
 
 
 STAND_IN_HEAP = 128 * 1024  # extra VM heap for the host/board stand-ins (see start.py)
@@ -119,6 +127,8 @@ class Launcher:
         self.cts_hold = False  # the host holds CTS (the "cts" op); stops output with CTS flow
         self.cts_free = asyncio.Event()
         self.cts_free.set()
+        self.dropped = 0  # bytes of output dropped on a full pty (no flow control)
+        self.dropped_now = 0  # ...in the current episode, for the log
         self.bt = None  # host.btbridge.BtBridge: the virtual Bluetooth radio (if bumble is there)
 
     # ----- set-up and tear-down
@@ -134,7 +144,11 @@ class Launcher:
         self.copy_world()
         self.compile()
         self.open_pty()
-        uart_srv = await asyncio.start_server(self.on_uart, "127.0.0.1", 0)
+        # limit: the stream's own buffer (2 x limit before it stops reading) is part of the
+        # UART's FIFO too; asyncio's default, 128 KB, would hold a second of 921600 output
+        uart_srv = await asyncio.start_server(
+            self.on_uart, sock=self.uart_socket(), limit=UART_RCVBUF
+        )
         ctl_srv = await asyncio.start_server(self.on_control, "127.0.0.1", 0)
         self.uart_port = uart_srv.sockets[0].getsockname()[1]
         self.control_port = ctl_srv.sockets[0].getsockname()[1]
@@ -276,6 +290,16 @@ class Launcher:
             tmp.unlink()
         tmp.symlink_to(self.pty_name)
         os.replace(tmp, self.link)
+
+    # The listening socket of the firmware's UART connection, with a small receive buffer (the
+    # accepted connections inherit it) so that flow control stops the firmware soon.
+    @staticmethod
+    def uart_socket() -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UART_RCVBUF)
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        return s
 
     def remove_link(self) -> None:
         with contextlib.suppress(OSError):
@@ -467,14 +491,13 @@ class Launcher:
                 n = os.write(self.master, view)
                 view = view[n:]
                 stall = 0.0
-                self.pty_dropping = False
+                self.resume_pty()
             except BlockingIOError:
-                # The pty buffer is full. Wait for a reader; if none comes, the bytes go out
-                # on a line that nobody listens to, as on a board, until someone reads again.
-                if self.pty_dropping or stall >= PTY_STALL:
-                    if not self.pty_dropping:
-                        log.warning("nobody reads the pty: dropping output")
-                    self.pty_dropping = True
+                if self.uart_settings.get("flow", 0) & UART_CTS:
+                    await asyncio.sleep(0.01)  # CTS deasserted: the firmware waits
+                    continue
+                if self.pty_dropping or stall >= PTY_STALL or self.pace:
+                    self.drop_pty(len(view))
                     return
                 await asyncio.sleep(0.01)
                 stall += 0.01
@@ -491,6 +514,18 @@ class Launcher:
             mark.unlink(missing_ok=True)
             self.cts_free.set()
         return held
+    def drop_pty(self, n: int) -> None:
+        if not self.pty_dropping:
+            self.pty_dropping = True
+            self.note("--- host not reading, no flow control: dropping UART output ---")
+        self.dropped += n
+        self.dropped_now += n
+
+    def resume_pty(self) -> None:
+        if self.pty_dropping:
+            self.pty_dropping = False
+            self.note(f"--- host reads again: {self.dropped_now} bytes of output dropped ---")
+            self.dropped_now = 0
 
     # ----- the control interface
 
@@ -523,6 +558,7 @@ class Launcher:
             "link": str(self.link),
             "pty": self.pty_name,
             "uart": self.uart_settings,
+            "dropped": self.dropped,
         }
 
     # Pull the STANDBY pin; answer once the firmware runs again (or at once if it was awake).

@@ -441,7 +441,6 @@ BAD = [
     "AT+CIPSTART=0,tcp_client,{h},abc",
     "AT+CIPSTART=0,tcp_client,{h},{p},65536",
     "AT+CIPSTART=0,ssl_client,{h},0",
-    "AT+CIPSTART=0,udp_unicast,{h},{p}",
     "AT+CIPSTART=0,udp_unicast,{h},0,5000",
     "AT+CIPSTART=0,udp_broadcast,{h},70000,5000",
     "AT+CIPSTART=0,udp_broadcast,{h},{p},5000,1",

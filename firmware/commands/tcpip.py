@@ -12,14 +12,18 @@
 #   AT+CIPRECV=...     +CIPRECV=<len>,<data> (the document's "=")
 # Extensions: AT+CIPERR=<id> (why the link last failed), AT+CIPDROPS=<id> (UDP datagrams
 # dropped in pull mode).
+import os
 import socket
 
-from firmware import at, certs, ctx, links, serial
+from micropython import const
+
+from firmware import at, certs, ctx, links, serial, settings
 from firmware.at import AtError
 from firmware.commands.system import action, setter, value
 
 _CTRL_Z = b"\x1a"
 _HOST_MAX = 253
+CERT_MAX = const(16384)  # a certificate chain or key: a real CA chain is 6.5 KB and more
 
 
 def _id(p, i=0):
@@ -47,9 +51,8 @@ def _start(p):
         at.count(p, 4, 5)
         host = at.text(p, 2, _HOST_MAX)
         rport = _port(p, 3)
-        if typ.startswith("udp"):
-            at.count(p, 5)
-        lport = _port(p, 4, lo=0) if len(p) == 5 else 0  # 0: any
+        # no local port (EWF's udp_unicast, wire notes), or an empty one: 0, any
+        lport = _port(p, 4, lo=0) if len(p) == 5 and p[4] is not None else 0
     links.open_link(lid, typ, host, rport, lport)
 
 
@@ -153,16 +156,53 @@ def _domain(p):
     return ips
 
 
+# AT+SSLCERTSET's data, written to a temporary file as it streams in (a chain can be larger
+# than any RAM buffer) and put in place by commit(); abort() leaves the stored one as it was.
+class Upload:
+    def __init__(self, kind):
+        self.kind = kind
+        self.size = 0
+        self._tmp = certs.path(kind) + ".part"
+        settings.mkdirs(self._tmp)
+        self._f = open(self._tmp, "wb")
+
+    def write(self, mv):
+        self.size += len(mv)
+        if self.size > CERT_MAX:
+            raise AtError(at.E_PARAM, "certificate longer than {}".format(CERT_MAX))
+        self._f.write(mv)
+
+    def abort(self):
+        self._f.close()
+        _remove(self._tmp)
+
+    # The new text replaces the stored one: renamed over it, or, under FLASHLOCK, held in RAM.
+    # (The check of its contents, where one is made, belongs here, before the rename.)
+    def commit(self):
+        self._f.close()
+        if not self.size:
+            self.abort()
+            raise AtError(at.E_PARAM, "empty certificate")
+        if ctx.settings["flashlock"]:
+            with open(self._tmp, "rb") as f:
+                certs.held[self.kind] = f.read()
+            _remove(self._tmp)
+        else:
+            os.rename(self._tmp, certs.path(self.kind))
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass  # gone already
+
+
+# The text streams to flash as it comes (Upload): any length up to CERT_MAX.
 def _certset(p):
     at.count(p, 1)
-    kind = at.integer(p, 0, 0, 3)
-
-    def done(data):
-        if not data:
-            raise AtError(at.E_PARAM, "empty certificate")
-        certs.store(kind, data)
-
-    return serial.DataPhase(0, done, end=_CTRL_Z)
+    upload = Upload(at.integer(p, 0, 0, 3))
+    return serial.DataPhase(0, lambda _: upload.commit(), end=_CTRL_Z, sink=upload)
 
 
 def _certget(p):

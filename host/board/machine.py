@@ -328,6 +328,9 @@ class UART(io.IOBase):
             # TCP_NODELAY: without it Nagle holds a response written after its echo until the
             # launcher's delayed ACK (40 ms).
             s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
+            # SOL_SOCKET, SO_SNDBUF: what the connection holds is the TX ring (board.UART_TXBUF),
+            # so a host that stops reading stops write() as soon as a board's would
+            s.setsockopt(1, 7, kw.get("txbuf", 4096))
             s.connect(_addr("EMW_UART"))
             s.setblocking(False)
             _uarts[self._id] = self._s = s

@@ -28,6 +28,7 @@ _TLS_TIMEOUT_S = const(5)
 _SEND_WAIT_MS = const(10000)  # CIPSEND on a link still connecting waits this long
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(30000)
+_EISCONN = const(127)  # lwIP/newlib EISCONN: not in MicroPython's errno module
 
 settings.defaults(
     {
@@ -192,7 +193,7 @@ class Link:
         try:  # a second connect() tells how the first one ended
             s.connect(self.addr)
         except OSError as e:
-            if e.errno != errno.EISCONN:
+            if e.errno != _EISCONN:
                 raise
         if self.type == "ssl_client":
             s = self._tls(s)

@@ -109,6 +109,8 @@ def main():
         path = [mpy + "/board", path[0], mpy + "/root", root, mpy + "/root/lib", path[2]]
     path.append(".frozen")
     sys.path[:] = path
+    # The ESP32's errno (newlib values); the unix port's built-in cannot be shadowed by a file.
+    sys.modules["errno"] = __import__("esp32_errno")
     ballast = _ballast(here + "/board")  # noqa: F841 - held for the life of the firmware
 
     bdev = FileBlockDev(state + "/flash.img", _FLASH_SIZE)

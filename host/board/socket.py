@@ -1,0 +1,170 @@
+# socket.py: the ESP32 port's socket module (ports/esp32/modsocket.c, v1.24) on the PC. The unix
+# port's sockets inside a stream object that behaves as lwIP's where Linux differs:
+# - errno values are newlib's (host/board/esp32_errno.py), not Linux's;
+# - a second connect() on an established socket raises EISCONN (esp-lwip api_msg.c,
+#   lwip_netconn_do_connect: ERR_ISCONN), where Linux answers 0 once;
+# - getaddrinfo() of a name fails before an interface is up: lwIP has no DNS server then
+#   (lwip_getaddrinfo answers EAI_FAIL, raised as OSError(-202) by _getaddrinfo_inner).
+# A wrapper, not a subclass: select.poll reports POLLNVAL for a Python subclass of the socket
+# type, while an io.IOBase whose ioctl answers MP_STREAM_GET_FILENO is polled on its descriptor.
+import io
+import sys
+
+import network
+from micropython import const
+
+_path = sys.path
+sys.path = ()
+try:
+    from socket import *  # the constants (AF_INET, SOL_SOCKET...)
+    from socket import getaddrinfo as _getaddrinfo
+    from socket import socket as _Socket
+finally:
+    sys.path = _path
+    del _path
+
+_MP_STREAM_GET_FILENO = const(10)
+_EISCONN = const(127)  # newlib
+_EAI_FAIL = const(-202)  # lwIP netdb.h EAI_FAIL, negated by modsocket.c
+
+# Linux errno -> newlib errno (ESP-IDF sys/errno.h), where they differ
+_NEWLIB = {
+    97: 106,  # EAFNOSUPPORT
+    98: 112,  # EADDRINUSE
+    99: 125,  # EADDRNOTAVAIL
+    100: 115,  # ENETDOWN
+    101: 114,  # ENETUNREACH
+    103: 113,  # ECONNABORTED
+    106: 127,  # EISCONN
+    107: 128,  # ENOTCONN
+    110: 116,  # ETIMEDOUT
+    112: 117,  # EHOSTDOWN
+    113: 118,  # EHOSTUNREACH
+    114: 120,  # EALREADY
+    115: 119,  # EINPROGRESS
+}
+
+
+# The OSError lwIP raises where Linux raised e.
+def lwip_error(e):
+    code = e.args[0] if e.args else None
+    return OSError(_NEWLIB[code]) if code in _NEWLIB else e
+
+
+def _numeric(host):
+    parts = host.split(".")
+    return len(parts) == 4 and all(p.isdigit() for p in parts)
+
+
+def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
+    if host and not _numeric(host) and not network._up():
+        raise OSError(_EAI_FAIL)
+    return _getaddrinfo(host or "0.0.0.0", port, af, type, proto, flags)
+
+
+class socket(io.IOBase):
+    def __init__(self, af=AF_INET, type=SOCK_STREAM, proto=0, _raw=None):
+        self.raw = _Socket(af, type, proto) if _raw is None else _raw
+        self._pending = False  # a non-blocking connect() is under way
+
+    def close(self):
+        self.raw.close()
+
+    def fileno(self):
+        return self.raw.fileno()
+
+    def ioctl(self, req, arg):
+        if req == _MP_STREAM_GET_FILENO:
+            return self.raw.fileno()
+        return 0
+
+    def connect(self, addr):
+        try:
+            self.raw.connect(addr)
+        except OSError as e:
+            self._pending = e.args[0] == 115  # Linux EINPROGRESS
+            raise lwip_error(e)
+        if self._pending:  # Linux reports the finished connect once; lwIP says EISCONN
+            raise OSError(_EISCONN)
+
+    def bind(self, addr):
+        try:
+            self.raw.bind(addr)
+        except OSError as e:
+            raise lwip_error(e)
+
+    def listen(self, backlog=0):
+        self.raw.listen(backlog)
+
+    def accept(self):
+        try:
+            s, addr = self.raw.accept()
+        except OSError as e:
+            raise lwip_error(e)
+        return socket(_raw=s), addr
+
+    def setsockopt(self, level, opt, value):
+        self.raw.setsockopt(level, opt, value)
+
+    def setblocking(self, flag):
+        self.raw.setblocking(flag)
+
+    def settimeout(self, value):
+        self.raw.settimeout(value)
+
+    def makefile(self, *args, **kw):
+        return self
+
+    def readinto(self, buf, n=-1):
+        try:
+            return self.raw.readinto(buf) if n < 0 else self.raw.readinto(buf, n)
+        except OSError as e:
+            raise lwip_error(e)
+
+    def read(self, n=-1):
+        try:
+            return self.raw.read() if n < 0 else self.raw.read(n)
+        except OSError as e:
+            raise lwip_error(e)
+
+    def readline(self):
+        try:
+            return self.raw.readline()
+        except OSError as e:
+            raise lwip_error(e)
+
+    def recv(self, n):
+        try:
+            return self.raw.recv(n)
+        except OSError as e:
+            raise lwip_error(e)
+
+    def recvfrom(self, n):
+        try:
+            return self.raw.recvfrom(n)
+        except OSError as e:
+            raise lwip_error(e)
+
+    def write(self, buf):
+        try:
+            return self.raw.write(buf)
+        except OSError as e:
+            raise lwip_error(e)
+
+    def send(self, buf):
+        try:
+            return self.raw.send(buf)
+        except OSError as e:
+            raise lwip_error(e)
+
+    def sendall(self, buf):
+        try:
+            return self.raw.sendall(buf)
+        except OSError as e:
+            raise lwip_error(e)
+
+    def sendto(self, buf, addr):
+        try:
+            return self.raw.sendto(buf, addr)
+        except OSError as e:
+            raise lwip_error(e)

@@ -37,6 +37,7 @@ _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(16000)
 _PENDING_MAX = const(16)  # acks awaited at once
 _MBEDTLS_VERIFY = const(-0x2700)  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
+_EPROTO = const(71)  # newlib EPROTO: not in MicroPython's errno module
 
 # Result words (AT+MQTTSTATUS, +MQTTEVENT); the connection status is one of the first five.
 CONNECTED = "CONNECT,SUCCESS"
@@ -301,7 +302,7 @@ class Session:
             raise
         if ack[0] != 0x20 or ack[1] != 2:
             s.close()
-            raise OSError(errno.EPROTO)
+            raise OSError(_EPROTO)
         if ack[3]:
             s.close()
             if ack[3] == 3:  # server unavailable: worth retrying

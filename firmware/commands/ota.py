@@ -32,6 +32,7 @@ _CONNECT_MS = const(5000)
 _IDLE_MS = const(5000)  # a server silent this long mid-transfer has failed
 _SPIN_MS = const(5)  # poll period of a busy non-blocking socket
 _MARGIN = const(4)  # blocks kept free on the filesystem besides the release
+_ENOSPC = const(28)  # newlib ENOSPC (a full filesystem): not in MicroPython's errno module
 _NEW = "ota/new"  # staging folder
 
 _task = None  # the running AT+OTASTART
@@ -424,7 +425,7 @@ async def _update(version):
     except Exception as e:
         if isinstance(e, Fail):
             reason, detail = e.reason, e.detail
-        elif isinstance(e, OSError) and e.args[0] == errno.ENOSPC:
+        elif isinstance(e, OSError) and e.args[0] == _ENOSPC:
             reason, detail = "NOSPACE", "flash full"
         elif isinstance(e, OSError):
             reason, detail = "FLASH", repr(e)

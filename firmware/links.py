@@ -6,7 +6,7 @@ import socket
 
 from micropython import const
 
-from firmware import certs, ctx, events, log, settings, wifi
+from firmware import ctx, events, log, settings, tls, wifi
 from firmware.aio import readable, writable
 from firmware.at import E_FAIL, E_PARAM, E_STATE, E_TIMEOUT, E_UNSUPPORTED, AtError
 
@@ -176,6 +176,8 @@ class Link:
         self.state = DISCONNECTED
 
     async def _client(self):
+        if self.type == "ssl_client" and ctx.settings["sslopt"][self.id][0]:
+            await tls.clock_ready()  # verification checks the certificate dates
         # blocking: DNS, once per connection
         self.addr = socket.getaddrinfo(self.host, self.rport)[0][-1]
         s = socket.socket()
@@ -208,27 +210,11 @@ class Link:
     # MicroPython's own wrap_socket does; the non-blocking form cannot tell that a certificate
     # was refused before data flows, and a refused server must never count as connected.
     def _tls(self, s):
-        import ssl
-
         verify, client = ctx.settings["sslopt"][self.id]
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        if verify:
-            ca = certs.der(0)
-            if ca is None:
-                raise AtError(E_STATE, "no root certificate (AT+SSLCERTSET=0)")
-            tls.verify_mode = ssl.CERT_REQUIRED
-            for block in ca:
-                tls.load_verify_locations(cadata=block)
-        else:
-            tls.verify_mode = ssl.CERT_NONE
-        if client:
-            cert, key = certs.der(1), certs.der(2)
-            if cert is None or key is None:
-                raise AtError(E_STATE, "no client certificate or key (AT+SSLCERTSET=1,2)")
-            tls.load_cert_chain(cert[0], key[0])
+        context = tls.context(verify, client)
         s.setblocking(True)
         s.settimeout(_TLS_TIMEOUT_S)
-        t = tls.wrap_socket(s, server_hostname=self.host)
+        t = context.wrap_socket(s, server_hostname=self.host)
         t.setblocking(False)
         return t
 
@@ -400,8 +386,9 @@ class Link:
 
 
 def _reason(e):
-    if isinstance(e, AtError):
-        return e.detail
+    why = tls.reason(e)
+    if why is not None:
+        return why
     if isinstance(e, OSError) and e.args:
         code = e.args[0]
         return errno.errorcode.get(code, str(code)) if isinstance(code, int) else str(code)

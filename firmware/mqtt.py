@@ -24,6 +24,7 @@ from micropython import const
 
 from firmware import at, certs, ctx, events, log, settings, wifi
 from firmware.aio import BUSY, readable, writable, write_all
+from firmware.tls import clock_ready
 
 SUBS = const(6)  # subscription ids 0-5
 TOPIC_MAX = const(256)  # bytes of a topic or topic filter
@@ -276,6 +277,8 @@ class Session:
         if not host:
             raise InitError("no host (AT+MQTTSOCK)")
         tls = self._tls() if st["mqtt_ssl"] else None
+        if tls is not None and st["mqtt_caverify"][0]:
+            await clock_ready()  # verification checks the certificate dates
         a = self._addr
         if a is None or a[0] != host or a[1] != port:
             # TODO this is blocking: DNS, once per session (instant for an IP address)

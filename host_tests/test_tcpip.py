@@ -36,6 +36,7 @@ from host_tests.netservers import (
     have_openssl,
     wait_for,
 )
+from host_tests.ntpserver import NtpServer
 
 HEAP = os.environ.get("EMW_TCPIP_HEAP", "110k")
 BIN = bytes(range(256)) * 4  # every byte value, 1024 bytes
@@ -318,6 +319,23 @@ def join(w: Wire) -> None:
 def ready(m: Module) -> Wire:
     """Start-up sequence (auto-connect off on every id) and Wi-Fi up."""
     w = startup(m)
+    join(w)
+    return w
+
+
+@pytest.fixture
+def ntp() -> Iterator[NtpServer]:
+    s = NtpServer()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def ready_with_clock(m: Module, ntp: NtpServer) -> Wire:
+    """Wi-Fi up with the tests' NTP server configured: the module sets its clock by itself."""
+    w = startup(m)
+    w.ok(f"AT+SNTPCFG=+0,{ntp.address}")
     join(w)
     return w
 
@@ -1137,8 +1155,8 @@ def test_certificates_stored_and_read_back(m, pki):
     assert pem_lines("\n".join(w.query("AT+SSLCERTGET=0"))[12:]) == pem_lines(crlf)
 
 
-def test_tls_right_and_wrong_ca(m, pki):
-    w = ready(m)
+def test_tls_right_and_wrong_ca(m, pki, ntp):
+    w = ready_with_clock(m, ntp)
     with TlsEcho(pki) as tls:
         set_cert(w, 0, pki.wrong_ca_pem)
         w.ok("AT+CIPSSLOPT=0,1,0")
@@ -1170,6 +1188,56 @@ def test_tls_right_and_wrong_ca(m, pki):
         w.send_data(1, BIN)
         assert w.recv(1, len(BIN)) == BIN
         stop(w, 1)
+
+
+def rtc_year(w: Wire) -> int:
+    return int(w.one("AT+RTCGET").split(":", 1)[1][:4])
+
+
+# The RTC reads 2000-01-01 after power-on; a CA-verified link waits until the module has the
+# time from SNTP (it asks by itself once the station is up), then connects.
+def test_verified_link_after_power_on_gets_the_time(m, pki, ntp):
+    w = startup(m)
+    assert rtc_year(w) == 2000
+    set_cert(w, 0, pki.ca_pem)
+    w.ok("AT+CIPSSLOPT=0,1,0")
+    w.ok(f"AT+SNTPCFG=+0,{ntp.address}")
+    m.kill()  # power cut: the settings stay, the clock is lost
+    m.wait_booted(2)
+    resync(w)
+    assert rtc_year(w) == 2000
+    with TlsEcho(pki) as tls:
+        join(w)
+        start(w, 0, "ssl_client", HOST, tls.port)
+        w.wait_event(ev(0, "SERVER", "CONNECTED"), timeout=15)
+        assert ntp.requests >= 1
+        assert rtc_year(w) >= 2024
+        w.send_data(0, PAYLOAD)
+        assert w.recv(0, len(PAYLOAD)) == PAYLOAD
+        stop(w, 0)
+
+
+def test_verified_link_without_the_time_says_clock_not_set(m, pki):
+    w = startup(m)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # an NTP server that never answers
+    silent.bind((HOST, 0))
+    try:
+        w.ok(f"AT+SNTPCFG=+0,{HOST}:{silent.getsockname()[1]}")
+        set_cert(w, 0, pki.ca_pem)
+        w.ok("AT+CIPSSLOPT=0,1,0")
+        join(w)
+        with TlsEcho(pki) as tls:
+            start(w, 0, "ssl_client", HOST, tls.port)
+            w.wait_event(ev(0, "SERVER", "DISCONNECTED"), timeout=20)
+            assert w.one("AT+CIPERR=0") == "+CIPERR:0,clock not set"
+            assert tls.handshakes == 0
+            stop(w, 0)
+            # without verification the dates do not matter
+            w.ok("AT+CIPSSLOPT=0,0,0")
+            connect_client(w, 0, tls.port, typ="ssl_client")
+            stop(w, 0)
+    finally:
+        silent.close()
 
 
 def test_tls_links_capped_by_memory(m, pki):

@@ -20,6 +20,7 @@ from micropython import const
 
 from firmware import at, certs, ctx, events, log, ota, settings, wifi
 from firmware.aio import BUSY, write_all
+from firmware.tls import clock_ready
 from firmware.at import AtError
 
 _URL_MAX = const(200)
@@ -79,6 +80,11 @@ class Http:
     async def _connect(self):
         if self._ctx is None and self.tls:
             self._ctx = _tls()
+        if self.tls:
+            try:
+                await clock_ready()  # verification checks the certificate dates
+            except AtError as e:
+                raise Fail("TLS", e.detail)
         try:
             # TODO this is blocking: DNS, once per connection (instant for an IP address)
             addr = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]

@@ -1,16 +1,17 @@
 # socket.py: the ESP32 port's socket module (ports/esp32/modsocket.c, v1.24) on the PC. The unix
 # port's sockets inside a stream object that behaves as lwIP's where Linux differs:
-# - errno values are newlib's (host/board/esp32_errno.py), not Linux's;
+# - errno values are newlib's, not Linux's, when the ESP32's errno is installed (host/start.py
+#   does it for the virtual module: host/board/esp32_errno.py); elsewhere the unix port's;
 # - a second connect() on an established socket raises EISCONN (esp-lwip api_msg.c,
 #   lwip_netconn_do_connect: ERR_ISCONN), where Linux answers 0 once;
 # - getaddrinfo() of a name fails before an interface is up: lwIP has no DNS server then
 #   (lwip_getaddrinfo answers EAI_FAIL, raised as OSError(-202) by _getaddrinfo_inner).
 # A wrapper, not a subclass: select.poll reports POLLNVAL for a Python subclass of the socket
 # type, while an io.IOBase whose ioctl answers MP_STREAM_GET_FILENO is polled on its descriptor.
+import errno
 import io
 import sys
 
-import network
 from micropython import const
 
 _path = sys.path
@@ -24,11 +25,12 @@ finally:
     del _path
 
 _MP_STREAM_GET_FILENO = const(10)
-_EISCONN = const(127)  # newlib
+_EISCONN_NEWLIB = const(127)
+_EISCONN_LINUX = const(106)
 _EAI_FAIL = const(-202)  # lwIP netdb.h EAI_FAIL, negated by modsocket.c
 
 # Linux errno -> newlib errno (ESP-IDF sys/errno.h), where they differ
-_NEWLIB = {
+_LINUX_TO_NEWLIB = {
     97: 106,  # EAFNOSUPPORT
     98: 112,  # EADDRINUSE
     99: 125,  # EADDRNOTAVAIL
@@ -43,6 +45,8 @@ _NEWLIB = {
     114: 120,  # EALREADY
     115: 119,  # EINPROGRESS
 }
+_NEWLIB = _LINUX_TO_NEWLIB if errno.EINPROGRESS == 119 else {}
+_EISCONN = _EISCONN_NEWLIB if _NEWLIB else _EISCONN_LINUX
 
 
 # The OSError lwIP raises where Linux raised e.
@@ -57,8 +61,11 @@ def _numeric(host):
 
 
 def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
-    if host and not _numeric(host) and not network._up():
-        raise OSError(_EAI_FAIL)
+    if host and not _numeric(host):
+        import network
+
+        if not network._up():
+            raise OSError(_EAI_FAIL)
     return _getaddrinfo(host or "0.0.0.0", port, af, type, proto, flags)
 
 
@@ -145,9 +152,9 @@ class socket(io.IOBase):
         except OSError as e:
             raise lwip_error(e)
 
-    def write(self, buf):
+    def write(self, buf, n=-1):
         try:
-            return self.raw.write(buf)
+            return self.raw.write(buf) if n < 0 else self.raw.write(buf, n)
         except OSError as e:
             raise lwip_error(e)
 

@@ -22,7 +22,6 @@ CLOSE = "close"
 CHUNK = const(1024)  # largest +CIPEVENT:SOCKET payload
 PULL_MAX = const(2048)  # bytes buffered per peer in pull mode (AT+CIPRECVCFG=0)
 _CLIENTS_MAX = const(5)  # clients of one tcp_server
-_TLS_MAX = const(2)  # TLS links at once: each costs tens of KB on the board
 _CONNECT_MS = const(10000)
 _TLS_TIMEOUT_S = const(5)
 _SEND_WAIT_MS = const(10000)  # CIPSEND on a link still connecting waits this long
@@ -119,6 +118,8 @@ class Link:
         was = self.state
         self.state = CLOSE
         self.leftover = None
+        if was != CLOSE and self.type == "ssl_client":
+            tls.release()
         for p in self.peers:
             p.close()
             if self.type == "tcp_server":
@@ -415,10 +416,6 @@ def get(lid):
     return links[lid]
 
 
-def tls_count():
-    return sum(1 for L in (links or ()) if L.type == "ssl_client" and L.state != CLOSE)
-
-
 # Validate and start a link (AT+CIPSTART); remembered for AT+CIPAUTOCONN.
 def open_link(lid, typ, host, rport, lport, remember=True):
     link = get(lid)
@@ -426,9 +423,14 @@ def open_link(lid, typ, host, rport, lport, remember=True):
         raise AtError(E_STATE, "link {} is not stopped (AT+CIPSTOP first)".format(lid))
     if not wifi.online():
         raise AtError(E_STATE, "no Wi-Fi link")
-    if typ == "ssl_client" and tls_count() >= _TLS_MAX:
-        raise AtError(E_UNSUPPORTED, "at most {} TLS links at once".format(_TLS_MAX))
-    link.start(typ, host, rport, lport)
+    if typ == "ssl_client":
+        tls.acquire()  # a started ssl_client link holds its TLS session until AT+CIPSTOP
+    try:
+        link.start(typ, host, rport, lport)
+    except AtError:
+        if typ == "ssl_client":
+            tls.release()
+        raise
     if remember:
         stored = list(ctx.settings["links"])
         stored[lid] = [typ, host or "", rport, lport]

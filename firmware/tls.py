@@ -1,5 +1,8 @@
 # The one place TLS sessions are made, for links, MQTT and OTA alike:
 # - context(): an SSLContext from the certificates stored by AT+SSLCERTSET;
+# - acquire()/release(): the session count. Each session holds about 20 KB of the ESP-IDF heap
+#   (mbedTLS's record buffers, outside the Python heap, next to Wi-Fi and BLE), so only two
+#   at once (_TLS_MAX), refused with a reason before any handshake;
 # - clock_ready(): verification checks certificate dates against the RTC, which reads
 #   2000-01-01 after power-on until SNTP sets it (firmware/sntp.py keeps it set);
 # - reason(): a TLS failure in plain words, on one line.
@@ -11,9 +14,30 @@ from micropython import const
 
 from firmware import at, certs
 
+_TLS_MAX = const(2)
 _CLOCK_WAIT_MS = const(10000)
 _CLOCK_STEP_MS = const(100)
 _CLOCK_YEAR = const(2024)  # an RTC before this year has not been set since power-on
+
+_sessions = 0
+
+
+def acquire():
+    global _sessions
+    if _sessions >= _TLS_MAX:
+        raise at.AtError(at.E_STATE, "no memory for another TLS session")
+    _sessions += 1
+
+
+def release():
+    global _sessions
+    if _sessions:
+        _sessions -= 1
+
+
+def sessions():
+    return _sessions
+
 
 def clock_set():
     return machine.RTC().datetime()[0] >= _CLOCK_YEAR

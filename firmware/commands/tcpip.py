@@ -157,10 +157,8 @@ def _certset(p):
     at.count(p, 1)
     kind = at.integer(p, 0, 0, 3)
 
-    def done(data):
-        if not data:
-            raise AtError(at.E_PARAM, "empty certificate")
-        certs.store(kind, data)
+    def done(data):  # checked first: garbage is refused with a reason, nothing stored
+        certs.store(kind, certs.check(kind, data))
 
     return serial.DataPhase(0, done, end=_CTRL_Z)
 

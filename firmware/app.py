@@ -56,9 +56,9 @@ async def main():
 # at power-on (their modules load only then).
 def _restore(st):
     wifi.start()
-    from firmware import sntp  # sets the clock once the station is up (TLS needs the date)
+    from firmware import clock  # sets the clock once the station is up (TLS needs the date)
 
-    sntp.start()
+    clock.start()
     from firmware import ota  # every boot: confirms a new version once it answers AT
 
     ota.start()

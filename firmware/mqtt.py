@@ -24,7 +24,6 @@ from micropython import const
 
 from firmware import at, certs, ctx, events, log, settings, wifi
 from firmware.aio import BUSY, readable, writable, write_all
-from firmware.tls import clock_ready
 
 SUBS = const(6)  # subscription ids 0-5
 TOPIC_MAX = const(256)  # bytes of a topic or topic filter
@@ -278,6 +277,8 @@ class Session:
             raise InitError("no host (AT+MQTTSOCK)")
         tls = self._tls() if st["mqtt_ssl"] else None
         if tls is not None and st["mqtt_caverify"][0]:
+            from firmware.tls import clock_ready  # loaded only for verified sessions
+
             await clock_ready()  # verification checks the certificate dates
         a = self._addr
         if a is None or a[0] != host or a[1] != port:

@@ -10,9 +10,7 @@
 # AT+RTCGET both show it in the zone of AT+SNTPCFG, as it is when they are asked: changing the
 # zone changes what AT+RTCGET shows at once.
 #
-# At start the module sets the RTC by itself once the station is up (as ESP-AT does), retrying
-# with back-off while no server answers, then again every hour: TLS verification needs the date
-# (firmware/tls.py), and the RTC reads 2000-01-01 after power-on.
+# firmware/clock.py calls sync() by itself once the station is up: TLS needs the date.
 #
 # Blocking spot: DNS (getaddrinfo) once per server asked, instant for an IP address; on the
 # board lwIP's resolver may take a few seconds for a name that does not answer.
@@ -25,7 +23,7 @@ import time
 import machine
 from micropython import const
 
-from firmware import at, ctx, log, settings, wifi
+from firmware import at, ctx, settings, wifi
 from firmware.aio import readable
 
 _PORT = const(123)
@@ -36,10 +34,6 @@ _NTP_1970 = 2208988800  # seconds from 1900-01-01 to 1970-01-01 (too big for con
 # in 2026, so a timestamp before 2024-01-01 (NTP 3913056000) must be of era 1: add 2^32
 # (as micropython-lib's ntptime does). Good until 2160.
 _NTP_MIN = 3913056000
-_RETRY_MIN_MS = const(15000)  # as lwIP's SNTP client (SNTP_RETRY_TIMEOUT), doubling
-_RETRY_MAX_MS = const(300000)
-_RESYNC_S = const(3600)
-_WIFI_POLL_MS = const(500)
 
 settings.defaults(
     {
@@ -155,33 +149,6 @@ async def sync():
         rtc_set(secs, us)
         return secs, us
     raise at.AtError(code, "; ".join(why) if why else "no server")
-
-
-_keeper = None  # the task of start()
-
-
-def start():
-    global _keeper
-    if _keeper is None:
-        _keeper = asyncio.create_task(_keep())
-
-
-async def _keep():
-    wait = _RETRY_MIN_MS
-    while True:
-        if not wifi.online():
-            await asyncio.sleep_ms(_WIFI_POLL_MS)
-            continue
-        try:
-            await sync()
-        except at.AtError as e:
-            log.info("sntp: " + e.detail)
-            await asyncio.sleep_ms(wait)
-            wait = min(wait * 2, _RETRY_MAX_MS)
-            continue
-        log.info("sntp: clock set")
-        wait = _RETRY_MIN_MS
-        await asyncio.sleep(_RESYNC_S)
 
 
 # One request to one server, its reply checked; the time at reception as (secs, us).

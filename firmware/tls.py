@@ -4,20 +4,20 @@
 #   (mbedTLS's record buffers, outside the Python heap, next to Wi-Fi and BLE), so only two
 #   at once (_TLS_MAX), refused with a reason before any handshake;
 # - clock_ready(): verification checks certificate dates against the RTC, which reads
-#   2000-01-01 after power-on until SNTP sets it (firmware/sntp.py keeps it set);
+#   2000-01-01 after power-on until SNTP sets it (firmware/clock.py keeps it set);
 # - reason(): a TLS failure in plain words, on one line.
 import asyncio
 import time
 
-import machine
 from micropython import const
 
-from firmware import at, certs
+from firmware import at, certs, clock
 
 _TLS_MAX = const(2)
 _CLOCK_WAIT_MS = const(10000)
 _CLOCK_STEP_MS = const(100)
-_CLOCK_YEAR = const(2024)  # an RTC before this year has not been set since power-on
+_CLOCK_YEAR = const(2024)
+_MBEDTLS_ERR_MIN = const(-0x1000)  # SSL, X509, PK errors; smaller ones are not TLS's  # an RTC before this year has not been set since power-on
 
 _sessions = 0
 
@@ -39,14 +39,10 @@ def sessions():
     return _sessions
 
 
-def clock_set():
-    return machine.RTC().datetime()[0] >= _CLOCK_YEAR
-
-
 # Wait (bounded) until the RTC holds a real time; AtError "clock not set" if it does not come.
 async def clock_ready(ms=_CLOCK_WAIT_MS):
     t0 = time.ticks_ms()
-    while not clock_set():
+    while not clock.is_set():
         if time.ticks_diff(time.ticks_ms(), t0) >= ms:
             raise at.AtError(at.E_STATE, "clock not set")
         await asyncio.sleep_ms(_CLOCK_STEP_MS)
@@ -108,6 +104,7 @@ def reason(e):
         if "invalid cert" in text:
             return "the stored certificate cannot be read"
         return "TLS: " + " ".join(text.split())
-    if isinstance(e, OSError) and e.args and isinstance(e.args[0], int) and e.args[0] < 0:
-        return "TLS handshake failed (-0x{:04X})".format(-e.args[0])
+    code = e.args[0] if isinstance(e, OSError) and e.args else 0
+    if isinstance(code, int) and code <= _MBEDTLS_ERR_MIN:  # mbedTLS's own error codes
+        return "TLS handshake failed (-0x{:04X})".format(-code)
     return None

@@ -20,7 +20,6 @@ from micropython import const
 
 from firmware import at, certs, ctx, events, log, ota, settings, wifi
 from firmware.aio import BUSY, write_all
-from firmware.tls import clock_ready
 from firmware.at import AtError
 
 _URL_MAX = const(200)
@@ -81,6 +80,8 @@ class Http:
         if self._ctx is None and self.tls:
             self._ctx = _tls()
         if self.tls:
+            from firmware.tls import clock_ready  # loaded only for HTTPS
+
             try:
                 await clock_ready()  # verification checks the certificate dates
             except AtError as e:

@@ -31,8 +31,9 @@ def normalise(data):
 
 
 # The data of a certificate or key (bytes, or the path of a file holding them) made ready to
-# store: line endings normalised, and each certificate or the key parsed by mbedTLS as a
-# connection will parse it. AtError with a plain reason if it cannot be used; returns the bytes.
+# store: line endings normalised, and each certificate or the key checked to have the DER
+# structure mbedTLS parses (without mbedTLS: parsing there takes kilobytes of RAM). AtError
+# with a plain reason if it cannot be used; returns the bytes.
 def check(kind, data_or_path):
     data = data_or_path
     if isinstance(data, str):
@@ -43,27 +44,50 @@ def check(kind, data_or_path):
         raise AtError(E_PARAM, "empty certificate")
     try:
         blocks = _blocks(data)
-    except ValueError:
-        blocks = None
-    if not blocks:
-        raise AtError(E_PARAM, "not a PEM or DER certificate or key")
+    except ValueError:  # broken base64
+        blocks = ()
     if kind == 3:
         return data  # revocation lists are stored only (MicroPython's ssl cannot use them)
-    import ssl
-
-    t = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
+    if not blocks or not all(_readable(kind, der) for der in blocks[: 1 if kind == 2 else None]):
         if kind == 2:
-            t.load_cert_chain(b"", blocks[0])  # the key is parsed first: "invalid key"
-        else:
-            for der in blocks:
-                t.load_verify_locations(cadata=der)
-    except (ValueError, OSError) as e:
-        if kind != 2:
-            raise AtError(E_PARAM, "not a readable X.509 certificate")
-        if "invalid key" in str(e):
             raise AtError(E_PARAM, "not a readable private key")
+        raise AtError(E_PARAM, "not a readable X.509 certificate")
     return data
+
+
+# One DER element at d[i] within d[:end]: (tag, start of content, end of content).
+def _tlv(d, i, end):
+    if i + 2 > end:
+        raise ValueError
+    tag, n = d[i], d[i + 1]
+    i += 2
+    if n & 0x80:
+        k = n & 0x7F
+        if not 0 < k < 4 or i + k > end:
+            raise ValueError
+        n = int.from_bytes(d[i : i + k], "big")
+        i += k
+    if i + n > end:
+        raise ValueError
+    return tag, i, i + n
+
+
+# A certificate is SEQUENCE { SEQUENCE tbsCertificate, SEQUENCE algorithm, BIT STRING } (RFC
+# 5280 4.1); a key is a SEQUENCE of an INTEGER version and more (PKCS#1, SEC1, PKCS#8).
+def _readable(kind, der):
+    try:
+        tag, i, end = _tlv(der, 0, len(der))
+        if tag != 0x30 or end != len(der):
+            return False
+        tags = []
+        while i < end:
+            tag, _, i = _tlv(der, i, end)
+            tags.append(tag)
+        if kind == 2:
+            return len(tags) > 1 and tags[0] == 0x02
+        return tags == [0x30, 0x30, 0x03]
+    except ValueError:
+        return False
 
 
 # Written atomically like settings; not at all under FLASHLOCK.

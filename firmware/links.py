@@ -179,8 +179,7 @@ class Link:
     async def _client(self):
         if self.type == "ssl_client" and ctx.settings["sslopt"][self.id][0]:
             await tls.clock_ready()  # verification checks the certificate dates
-        # blocking: DNS, once per connection
-        self.addr = socket.getaddrinfo(self.host, self.rport)[0][-1]
+        self.addr = _resolve(self.host, self.rport)  # blocking: DNS, once per connection
         s = socket.socket()
         self.sock = s
         if self.lport:
@@ -291,7 +290,7 @@ class Link:
         return n
 
     def _bind_udp(self):
-        self.addr = socket.getaddrinfo(self.host, self.rport)[0][-1]  # blocking: DNS
+        self.addr = _resolve(self.host, self.rport)  # blocking: DNS
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock = s
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -384,6 +383,14 @@ class Link:
 
     def close(self):
         pass  # leaving transparent mode keeps the link up
+
+
+# The address of a host name or IP. lwIP's resolver fails with a negative OSError (EAI_FAIL).
+def _resolve(host, port):
+    try:
+        return socket.getaddrinfo(host, port)[0][-1]
+    except OSError:
+        raise AtError(E_FAIL, "cannot resolve " + host)
 
 
 def _reason(e):

@@ -94,20 +94,21 @@ class socket(io.IOBase):
         if self._pending:  # Linux reports the finished connect once; lwIP says EISCONN
             raise OSError(_EISCONN)
 
-    def bind(self, addr):
+    # A call of the unix socket with lwIP's errors.
+    def _call(self, f, *args):
         try:
-            self.raw.bind(addr)
+            return f(*args)
         except OSError as e:
             raise lwip_error(e)
+
+    def bind(self, addr):
+        self._call(self.raw.bind, addr)
 
     def listen(self, backlog=0):
         self.raw.listen(backlog)
 
     def accept(self):
-        try:
-            s, addr = self.raw.accept()
-        except OSError as e:
-            raise lwip_error(e)
+        s, addr = self._call(self.raw.accept)
         return socket(_raw=s), addr
 
     def setsockopt(self, level, opt, value):
@@ -122,33 +123,10 @@ class socket(io.IOBase):
     def makefile(self, *args, **kw):
         return self
 
+    # The data path: readinto and write without the extra call.
     def readinto(self, buf, n=-1):
         try:
             return self.raw.readinto(buf) if n < 0 else self.raw.readinto(buf, n)
-        except OSError as e:
-            raise lwip_error(e)
-
-    def read(self, n=-1):
-        try:
-            return self.raw.read() if n < 0 else self.raw.read(n)
-        except OSError as e:
-            raise lwip_error(e)
-
-    def readline(self):
-        try:
-            return self.raw.readline()
-        except OSError as e:
-            raise lwip_error(e)
-
-    def recv(self, n):
-        try:
-            return self.raw.recv(n)
-        except OSError as e:
-            raise lwip_error(e)
-
-    def recvfrom(self, n):
-        try:
-            return self.raw.recvfrom(n)
         except OSError as e:
             raise lwip_error(e)
 
@@ -158,20 +136,23 @@ class socket(io.IOBase):
         except OSError as e:
             raise lwip_error(e)
 
+    def read(self, *n):
+        return self._call(self.raw.read, *n)
+
+    def readline(self):
+        return self._call(self.raw.readline)
+
+    def recv(self, n, *flags):  # flags: the PC's plumbing (machine.UART peeks); not the ESP32's
+        return self._call(self.raw.recv, n, *flags)
+
+    def recvfrom(self, n):
+        return self._call(self.raw.recvfrom, n)
+
     def send(self, buf):
-        try:
-            return self.raw.send(buf)
-        except OSError as e:
-            raise lwip_error(e)
+        return self._call(self.raw.send, buf)
 
     def sendall(self, buf):
-        try:
-            return self.raw.sendall(buf)
-        except OSError as e:
-            raise lwip_error(e)
+        return self._call(self.raw.sendall, buf)
 
     def sendto(self, buf, addr):
-        try:
-            return self.raw.sendto(buf, addr)
-        except OSError as e:
-            raise lwip_error(e)
+        return self._call(self.raw.sendto, buf, addr)

@@ -1,13 +1,18 @@
 # Start-up: settings, the AT UART, the command table, then the event loop forever.
 import asyncio
 import gc
+import sys
 
 import machine
+from micropython import const
 
 from firmware import board, ctx, log, settings, wifi
 from firmware.registry import Table
 from firmware.serial import Serial
 
+_RETRY_MIN_MS = const(15000)
+_RETRY_MAX_MS = const(300000)
+_RESYNC_MS = const(3600000)
 _PARITY = {"NONE": None, "EVEN": 0, "ODD": 1}
 _FLOW = {
     "NONE": 0,
@@ -56,9 +61,6 @@ async def main():
 # at power-on (their modules load only then).
 def _restore(st):
     wifi.start()
-    from firmware import clock  # sets the clock once the station is up (TLS needs the date)
-
-    clock.start()
     from firmware import ota  # every boot: confirms a new version once it answers AT
 
     ota.start()
@@ -76,8 +78,27 @@ def _restore(st):
         links.start()
 
 
-# Hourly: keep uptime counting past the ticks_ms wrap.
+# Keep uptime counting past the ticks_ms wrap, and the RTC set: it reads 2000-01-01 after
+# power-on and TLS verification needs the date. Once the station is up, SNTP from the configured
+# servers (as ESP-AT does at start), retried from 15 s doubling to 5 min while it fails (as lwIP's
+# SNTP client), then hourly. firmware/sntp.py is loaded only for an attempt (RAM).
 async def _housekeeping():
+    wait = _RETRY_MIN_MS
     while True:
         ctx.uptime_ms()
-        await asyncio.sleep(3600)
+        if not wifi.online():
+            await asyncio.sleep_ms(500)
+            continue
+        held = "firmware.sntp" in sys.modules
+        from firmware import sntp
+
+        try:
+            await sntp.sync()
+            wait, pause = _RETRY_MIN_MS, _RESYNC_MS
+        except Exception:  # AtError: no answer (AT+SNTPTIME tells why)
+            pause, wait = wait, min(wait * 2, _RETRY_MAX_MS)
+        if not held:
+            del sys.modules["firmware.sntp"]
+            del sys.modules["firmware"].sntp
+        sntp = None
+        await asyncio.sleep_ms(pause)

@@ -4,14 +4,15 @@
 #   (mbedTLS's record buffers, outside the Python heap, next to Wi-Fi and BLE), so only two
 #   at once (_TLS_MAX), refused with a reason before any handshake;
 # - clock_ready(): verification checks certificate dates against the RTC, which reads
-#   2000-01-01 after power-on until SNTP sets it (firmware/clock.py keeps it set);
+#   2000-01-01 after power-on until SNTP sets it (app.py's housekeeping keeps it set);
 # - reason(): a TLS failure in plain words, on one line.
 import asyncio
 import time
 
+import machine
 from micropython import const
 
-from firmware import at, certs, clock
+from firmware import at, certs
 
 _TLS_MAX = const(2)
 _CLOCK_WAIT_MS = const(10000)
@@ -39,10 +40,14 @@ def sessions():
     return _sessions
 
 
+def clock_set():
+    return machine.RTC().datetime()[0] >= 2024  # not set since power-on: 2000
+
+
 # Wait (bounded) until the RTC holds a real time; AtError "clock not set" if it does not come.
 async def clock_ready(ms=_CLOCK_WAIT_MS):
     t0 = time.ticks_ms()
-    while not clock.is_set():
+    while not clock_set():
         if time.ticks_diff(time.ticks_ms(), t0) >= ms:
             raise at.AtError(at.E_STATE, "clock not set")
         await asyncio.sleep_ms(_CLOCK_STEP_MS)

@@ -4,6 +4,7 @@ import gc
 import sys
 
 import machine
+from micropython import const
 
 from firmware import board, ctx, log, registry, settings, wifi
 from firmware.serial import Serial
@@ -11,6 +12,10 @@ from firmware.serial import Serial
 # The oldest MicroPython this firmware supports: WLAN.ipconfig and network.ipconfig, which
 # the Wi-Fi code uses, first appear in v1.24.0 (ports/esp32/network_common.c).
 _OLDEST = (1, 24, 0)
+
+_RETRY_MIN_MS = const(15000)
+_RETRY_MAX_MS = const(300000)
+_RESYNC_MS = const(3600000)
 
 _PARITY = {"NONE": None, "EVEN": 0, "ODD": 1}
 _FLOW = {
@@ -102,8 +107,27 @@ def _task_failed(loop, context):
         log.exc(e, "a background task")
 
 
-# Hourly: keep uptime counting past the ticks_ms wrap.
+# Keep uptime counting past the ticks_ms wrap, and the RTC set: it reads 2000-01-01 after
+# power-on and TLS verification needs the date. Once the station is up, SNTP from the configured
+# servers (as ESP-AT does at start), retried from 15 s doubling to 5 min while it fails (as lwIP's
+# SNTP client), then hourly. firmware/sntp.py is loaded only for an attempt (RAM).
 async def _housekeeping():
+    wait = _RETRY_MIN_MS
     while True:
         ctx.uptime_ms()
-        await asyncio.sleep(3600)
+        if not wifi.online():
+            await asyncio.sleep_ms(500)
+            continue
+        held = "firmware.sntp" in sys.modules
+        from firmware import sntp
+
+        try:
+            await sntp.sync()
+            wait, pause = _RETRY_MIN_MS, _RESYNC_MS
+        except Exception:  # AtError: no answer (AT+SNTPTIME tells why)
+            pause, wait = wait, min(wait * 2, _RETRY_MAX_MS)
+        if not held:
+            del sys.modules["firmware.sntp"]
+            del sys.modules["firmware"].sntp
+        sntp = None
+        await asyncio.sleep_ms(pause)

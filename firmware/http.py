@@ -6,8 +6,9 @@ import socket
 
 from micropython import const
 
-from firmware import certs, httpmsg
+from firmware import httpmsg, tls
 from firmware.aio import read_some, writable, write_all
+from firmware.at import AtError
 
 _CONNECT_MS = const(5000)
 _IDLE_MS = const(5000)  # a server silent this long mid-transfer has failed
@@ -36,6 +37,7 @@ class Http:
         self.frame = None  # the body framing of the last response (httpmsg.Length, Chunked)
         self.at = self.end = 0  # received bytes not yet used: buf[at:end]
         self._ctx = None
+        self._session = False  # holds one of tls's sessions
 
     def close(self):
         if self.sock is not None:
@@ -44,10 +46,18 @@ class Http:
             except OSError:
                 pass
             self.sock = None
+        if self._session:
+            self._session = False
+            tls.release()
 
     async def _connect(self):
-        if self._ctx is None and self.tls:
-            self._ctx = _tls()
+        if self.tls:
+            try:
+                if self._ctx is None:
+                    self._ctx = tls.context(True)
+                await tls.clock_ready()  # verification checks the certificate dates
+            except AtError as e:
+                raise Fail("TLS", e.detail)
         try:
             # Blocking, once per connection: DNS (instant for an IP address)
             addr = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
@@ -66,6 +76,11 @@ class Http:
         except asyncio.TimeoutError:
             raise Fail("CONNECT", "timeout")
         if self._ctx is not None:
+            try:
+                tls.acquire()
+            except AtError as e:
+                raise Fail("TLS", e.detail)
+            self._session = True
             self.sock = self._ctx.wrap_socket(
                 s, server_hostname=self.host, do_handshake_on_connect=False
             )
@@ -83,7 +98,7 @@ class Http:
                 answered = await self._head()
             except ValueError as e:  # mbedTLS: the server's certificate does not verify
                 self.close()
-                raise Fail("TLS", str(e).strip())
+                raise Fail("TLS", tls.reason(e))
             except OSError as e:
                 self.close()
                 if fresh:
@@ -182,20 +197,3 @@ def _reason(e, tls):
     if code in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
         return "CONNECT"
     return "NETWORK"
-
-
-# The TLS context: the server is verified with the root CA stored by AT+SSLCERTSET=0.
-def _tls():
-    import ssl
-
-    ca = certs.der(0)
-    if not ca:
-        raise Fail("TLS", "no root CA (AT+SSLCERTSET=0)")
-    t = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        for der in ca:
-            t.load_verify_locations(cadata=der)
-    except (ValueError, OSError) as e:
-        raise Fail("TLS", "root CA: {!r}".format(e))
-    t.verify_mode = ssl.CERT_REQUIRED
-    return t

@@ -6,7 +6,7 @@ import socket
 
 from micropython import const
 
-from firmware import certs, ctx, events, log, settings, wifi
+from firmware import ctx, events, log, settings, tls, wifi
 from firmware.aio import readable, writable
 from firmware.at import E_FAIL, E_PARAM, E_STATE, E_TIMEOUT, E_UNSUPPORTED, AtError
 
@@ -22,12 +22,12 @@ CLOSE = "close"
 CHUNK = const(1024)  # largest +CIPEVENT:SOCKET payload
 PULL_MAX = const(2048)  # bytes buffered per peer in pull mode (AT+CIPRECVCFG=0)
 _CLIENTS_MAX = const(5)  # clients of one tcp_server
-_TLS_MAX = const(2)  # TLS links at once: each costs tens of KB on the board
 _CONNECT_MS = const(10000)
 _TLS_TIMEOUT_S = const(5)
 _SEND_WAIT_MS = const(10000)  # CIPSEND on a link still connecting waits this long
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(30000)
+_EISCONN = const(127)  # lwIP/newlib EISCONN: not in MicroPython's errno module
 
 
 _rx = bytearray(CHUNK)  # the one receive buffer of push mode: read, then pushed at once
@@ -106,6 +106,8 @@ class Link:
         was = self.state
         self.state = CLOSE
         self.leftover = None
+        if was != CLOSE and self.type == "ssl_client":
+            tls.release()
         for p in self.peers:  # the events are part of AT+CIPSTOP's response
             p.close()
             if self.type == "tcp_server":
@@ -165,8 +167,9 @@ class Link:
         self.state = DISCONNECTED
 
     async def _client(self):
-        # blocking: DNS, once per connection
-        self.addr = socket.getaddrinfo(self.host, self.rport)[0][-1]
+        if self.type == "ssl_client" and ctx.settings["sslopt"][self.id][0]:
+            await tls.clock_ready()  # verification checks the certificate dates
+        self.addr = _resolve(self.host, self.rport)  # blocking: DNS, once per connection
         s = socket.socket()
         self.sock = s
         if self.lport:
@@ -182,7 +185,7 @@ class Link:
         try:  # a second connect() tells how the first one ended
             s.connect(self.addr)
         except OSError as e:
-            if e.errno != errno.EISCONN:
+            if e.errno != _EISCONN:
                 raise
         if self.type == "ssl_client":
             s = self._tls(s)
@@ -197,27 +200,11 @@ class Link:
     # MicroPython's own wrap_socket does; the non-blocking form cannot tell that a certificate
     # was refused before data flows, and a refused server must never count as connected.
     def _tls(self, s):
-        import ssl
-
         verify, client = ctx.settings["sslopt"][self.id]
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        if verify:
-            ca = certs.der(0)
-            if ca is None:
-                raise AtError(E_STATE, "no root certificate (AT+SSLCERTSET=0)")
-            tls.verify_mode = ssl.CERT_REQUIRED
-            for block in ca:
-                tls.load_verify_locations(cadata=block)
-        else:
-            tls.verify_mode = ssl.CERT_NONE
-        if client:
-            cert, key = certs.der(1), certs.der(2)
-            if cert is None or key is None:
-                raise AtError(E_STATE, "no client certificate or key (AT+SSLCERTSET=1,2)")
-            tls.load_cert_chain(cert[0], key[0])
+        context = tls.context(verify, client)
         s.setblocking(True)
         s.settimeout(_TLS_TIMEOUT_S)
-        t = tls.wrap_socket(s, server_hostname=self.host)
+        t = context.wrap_socket(s, server_hostname=self.host)
         t.setblocking(False)
         return t
 
@@ -292,7 +279,7 @@ class Link:
         return n
 
     def _bind_udp(self):
-        self.addr = socket.getaddrinfo(self.host, self.rport)[0][-1]  # blocking: DNS
+        self.addr = _resolve(self.host, self.rport)  # blocking: DNS
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock = s
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -385,9 +372,18 @@ class Link:
         pass  # leaving transparent mode keeps the link up
 
 
+# The address of a host name or IP. lwIP's resolver fails with a negative OSError (EAI_FAIL).
+def _resolve(host, port):
+    try:
+        return socket.getaddrinfo(host, port)[0][-1]
+    except OSError:
+        raise AtError(E_FAIL, "cannot resolve " + host)
+
+
 def _reason(e):
-    if isinstance(e, AtError):
-        return e.detail
+    why = tls.reason(e)
+    if why is not None:
+        return why
     if isinstance(e, OSError) and e.args:
         code = e.args[0]
         return errno.errorcode.get(code, str(code)) if isinstance(code, int) else str(code)
@@ -414,10 +410,6 @@ def get(lid):
     return links[lid]
 
 
-def tls_count():
-    return sum(1 for L in (links or ()) if L.type == "ssl_client" and L.state != CLOSE)
-
-
 # Validate and start a link (AT+CIPSTART); remembered for AT+CIPAUTOCONN.
 def open_link(lid, typ, host, rport, lport, remember=True):
     link = get(lid)
@@ -425,9 +417,14 @@ def open_link(lid, typ, host, rport, lport, remember=True):
         raise AtError(E_STATE, "link {} is not stopped (AT+CIPSTOP first)".format(lid))
     if not wifi.online():
         raise AtError(E_STATE, "no Wi-Fi link")
-    if typ == "ssl_client" and tls_count() >= _TLS_MAX:
-        raise AtError(E_UNSUPPORTED, "at most {} TLS links at once".format(_TLS_MAX))
-    link.start(typ, host, rport, lport)
+    if typ == "ssl_client":
+        tls.acquire()  # a started ssl_client link holds its TLS session until AT+CIPSTOP
+    try:
+        link.start(typ, host, rport, lport)
+    except AtError:
+        if typ == "ssl_client":
+            tls.release()
+        raise
     if remember:
         stored = list(ctx.settings["links"])
         stored[lid] = [typ, host or "", rport, lport]

@@ -20,7 +20,7 @@ import time
 
 from micropython import const
 
-from firmware import at, certs, ctx, events, log, mqttpkt, settings, wifi
+from firmware import at, ctx, events, log, mqttpkt, settings, tls, wifi
 from firmware.aio import read_some, writable, write_all
 
 SUBS = const(6)  # subscription ids 0-5
@@ -104,7 +104,7 @@ def _why(e):
     if isinstance(e, (Failure, InitError, Refused)):
         return e.args[0]
     if isinstance(e, ValueError):  # mbedTLS: the certificate check, with its reason
-        return "TLS: " + " ".join(str(e).split())
+        return "TLS: " + tls.reason(e)
     if isinstance(e, asyncio.TimeoutError):
         return "no answer from the broker within {} s".format(_CONNECT_MS // 1000)
     if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
@@ -115,29 +115,19 @@ def _why(e):
     return repr(e)
 
 
-# The TLS context of AT+MQTTSSL / AT+MQTTCAVERIFY, certificates from AT+SSLCERTSET.
-def _tls_context():
-    import ssl
-
+# The TLS context of AT+MQTTSSL / AT+MQTTCAVERIFY, certificates from AT+SSLCERTSET. A verified
+# session first waits (bounded) for the clock: the certificate dates are checked.
+async def _tls_context():
     server, client = ctx.settings["mqtt_caverify"]
-    t = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        if server:
-            ca = certs.der(0)
-            if not ca:
-                raise InitError("no root CA (AT+SSLCERTSET=0)")
-            for der in ca:  # each adds a trusted certificate
-                t.load_verify_locations(cadata=der)
-            t.verify_mode = ssl.CERT_REQUIRED
-        else:
-            t.verify_mode = ssl.CERT_NONE
-        if client:
-            cert, key = certs.der(1), certs.der(2)
-            if not cert or not key:
-                raise InitError("no client certificate or key (AT+SSLCERTSET=1/2)")
-            t.load_cert_chain(cert[0], key[0])
-    except (ValueError, OSError) as e:  # a certificate or key mbedTLS cannot parse
-        raise InitError("certificate or key not usable: " + _why(e))
+        t = tls.context(server, client)
+    except at.AtError as e:
+        raise InitError(e.detail)
+    if server:
+        try:
+            await tls.clock_ready()
+        except at.AtError as e:
+            raise Failure(e.detail)
     return t
 
 
@@ -151,6 +141,7 @@ class Session:
         self._tasks = ()  # reader, deliverer and watchdog of the current connection
         self._attempting = False  # the session task is connecting now (not waiting)
         self._sock = None
+        self._session = False  # holds one of tls's sessions
         self._tx = None  # packet buffer (bytearray), from AT+MQTTSTART to AT+MQTTCLOSE
         self._rx = None  # mqttpkt.Reader, same lifetime
         self._lock = None  # one packet at a time on the socket
@@ -297,11 +288,11 @@ class Session:
         host, port = st["mqtt_sock"]
         if not host:
             raise InitError("no broker address (AT+MQTTSOCK)")
-        tls = _tls_context() if st["mqtt_ssl"] else None
+        context = await _tls_context() if st["mqtt_ssl"] else None
         addr = self._resolve(host, port)
         user, pswd = st["mqtt_auth"]
         cid = st["mqtt_cid"] or "EMW_" + wifi.mac_text(wifi.station.wlan.config("mac"), "")
-        s = socket.socket()
+        s = self._sock = socket.socket()
         try:
             s.setblocking(False)
             try:
@@ -310,9 +301,15 @@ class Session:
                 if e.args[0] != errno.EINPROGRESS:
                     raise
             await writable(s)
-            if tls is not None:  # the first writes run the handshake
-                s = tls.wrap_socket(s, server_hostname=host, do_handshake_on_connect=False)
-            self._sock = s
+            if context is not None:  # the first writes run the handshake
+                try:
+                    tls.acquire()
+                except at.AtError as e:
+                    raise Failure(e.detail)
+                self._session = True
+                s = self._sock = context.wrap_socket(
+                    s, server_hostname=host, do_handshake_on_connect=False
+                )
             self._rx.clear()
             self._rel.clear()  # a clean session forgets QoS 2 ids
             keepalive = st["mqtt_keepalive"]
@@ -377,6 +374,9 @@ class Session:
     def _close_socket(self):
         s = self._sock
         self._sock = None
+        if self._session:
+            self._session = False
+            tls.release()
         if s is not None:
             try:
                 s.close()

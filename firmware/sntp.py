@@ -10,6 +10,9 @@
 # AT+RTCGET both show it in the zone of AT+SNTPCFG, as it is when they are asked: changing the
 # zone changes what AT+RTCGET shows at once.
 #
+# firmware/app.py's housekeeping calls sync() by itself once the station is up: TLS needs the
+# date.
+#
 # Blocking spot: DNS (getaddrinfo) once per server asked, instant for an IP address; on the
 # board lwIP's resolver may take a few seconds for a name that does not answer.
 import asyncio

@@ -23,6 +23,7 @@ import pytest
 from firmware import mqttpkt
 from host_tests.module import Module
 from host_tests.mosquitto import Broker, free_port, have_mosquitto
+from host_tests.ntpserver import NtpServer
 
 pytestmark = pytest.mark.skipif(
     not have_mosquitto() or not shutil.which("mosquitto_sub"), reason="mosquitto not installed"
@@ -543,7 +544,9 @@ def set_cert(w: Wire, kind: int, pem: bytes) -> bool:
 
 
 def test_tls_server_verification(module, tmp_path):
+    ntp = NtpServer()  # verification needs the date: the module sets its clock once joined
     with Broker(tmp_path, tls=True) as b:
+        module.cmd(f"AT+SNTPCFG=+0,{ntp.address}")
         w = ready(module, b, b.tls_port)
         assert b.ca_path is not None and b.wrong_ca_path is not None
         if not set_cert(w, 0, b.wrong_ca_path.read_bytes()):
@@ -565,6 +568,7 @@ def test_tls_server_verification(module, tmp_path):
         assert sub.communicate(timeout=10)[0].split() == ["tls/out", "1", BIN.hex()]
         publish(b, "tls/in", BIN, 2, tmp_path)
         w.expect(("RECV", 0, BIN))
+    ntp.close()
 
 
 def test_wifi_loss(module, broker, tmp_path):

@@ -21,6 +21,7 @@ import pytest
 from host_tests import flashfs
 from host_tests.httpserver import FileServer
 from host_tests.module import ERROR, OK, REPO, Module
+from host_tests.ntpserver import NtpServer
 
 FACTORY = re.search(r'VERSION = "(.*)"', (REPO / "firmware" / "version.py").read_text())[1]
 V1 = "esp32_AT_v9.0.1"
@@ -354,8 +355,10 @@ def set_ca(m: Module, pem: bytes, relaunch) -> Module:
 
 
 def test_https_verifies_server(tmp_path, releases, relaunch):
+    ntp = NtpServer()  # verification needs the date: the module sets its clock once joined
     with FileServer(releases, tls=tmp_path) as srv:
         m = relaunch(Module(tmp_path / "state"))
+        assert m.cmd(f"AT+SNTPCFG=+0,{ntp.address}").endswith(OK)
         online(m, srv.url)
         assert m.cmd("AT+OTACHECK", timeout=10) == ERROR  # no CA stored at all
         assert b"TLS" in m.cmd("AT+ERRNO")
@@ -370,6 +373,7 @@ def test_https_verifies_server(tmp_path, releases, relaunch):
         boots = m.status()["boots"]
         update(m, V1, boots + 1)
         assert fwver(m) == V1
+    ntp.close()
 
 
 # ----- the MicroPython image (esp32.Partition stand-in)

@@ -176,19 +176,21 @@ class Upload:
         self._f.close()
         _remove(self._tmp)
 
-    # The new text replaces the stored one: renamed over it, or, under FLASHLOCK, held in RAM.
-    # (The check of its contents, where one is made, belongs here, before the rename.)
+    # The new text replaces the stored one once certs.check() found it readable (garbage is
+    # refused with a reason and nothing stored): written atomically with its line endings
+    # normalised or, under FLASHLOCK, held in RAM.
     def commit(self):
         self._f.close()
-        if not self.size:
-            self.abort()
-            raise AtError(at.E_PARAM, "empty certificate")
-        if ctx.settings["flashlock"]:
-            with open(self._tmp, "rb") as f:
-                certs.held[self.kind] = f.read()
+        try:
+            if not self.size:
+                raise AtError(at.E_PARAM, "empty certificate")
+            data = certs.check(self.kind, self._tmp)
+        finally:
             _remove(self._tmp)
+        if ctx.settings["flashlock"]:
+            certs.held[self.kind] = data
         else:
-            os.rename(self._tmp, certs.path(self.kind))
+            settings.write_file(certs.path(self.kind), data)
 
 
 def _remove(path):

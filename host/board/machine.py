@@ -231,7 +231,9 @@ def _civil(z):
 
 
 # The clock: the host's UTC time plus an offset (microseconds) kept in STATE/rtc, so a time set
-# by the firmware survives resets, deep sleep and power cuts (as with a backup battery).
+# by the firmware survives resets and deep sleep. A power-on starts it at 2000-01-01 00:00:00:
+# the ESP32 keeps its time in the RTC domain, which loses it with the power
+# (ports/esp32/machine_rtc.c; the chip has no backup battery).
 class RTC:
     def __init__(self, id=0):
         try:
@@ -275,6 +277,16 @@ class RTC:
             f.write(data)
         return None
 
+
+# At power-on of the virtual module (host/launcher.py sets EMW_STATE), the RTC reads
+# 2000-01-01 00:00:00.
+def _rtc_power_on():
+    with open(_state("rtc"), "w") as f:
+        f.write(str(_days(2000, 1, 1) * 86400000000 - time.time_ns() // 1000))
+
+
+if os.getenv("EMW_STATE") and reset_cause() == PWRON_RESET:
+    _rtc_power_on()
 
 _uarts = {}  # id -> socket: every UART(id) object uses the same connection, like one peripheral
 _NOT_GIVEN = object()

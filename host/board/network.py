@@ -187,6 +187,13 @@ def ipconfig(*args, **kw):
         _dns = v
 
 
+# An interface has an address: the STA got one, or the AP is active (host/board/socket.py lets
+# DNS work only then, as lwIP has no resolver before).
+def _up():
+    sta, ap = _ifs
+    return bool(ap and ap._act) or bool(sta and sta._act and sta.isconnected())
+
+
 def phy_mode(mode=None):
     return None
 

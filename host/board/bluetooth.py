@@ -21,6 +21,7 @@
 # Central role, scanning, L2CAP and the GATT client are not provided (OSError EOPNOTSUPP).
 
 import asyncio
+import errno
 import json
 import os
 import select
@@ -219,7 +220,7 @@ class BLE:
         waited = 0
         while reply not in self._replies:
             if waited >= _RPC_TIMEOUT_MS:
-                raise OSError(110)  # ETIMEDOUT
+                raise OSError(errno.ETIMEDOUT)  # the chip's number (newlib 116)
             p.poll(50)
             waited += 50
             if not self._fill():

@@ -1,6 +1,6 @@
 # The EMW AT firmware: run it on the PC, test it, build it for and flash it to an ESP32.
-#   make run [LINK=build/uart STATE=build/state WORLD=host/world.json HEAP=110k PACE=1]
-#   make test | lint | build | flash PORT=/dev/ttyUSB0 | bench | clean
+#   make run [LINK=build/uart STATE=build/state WORLD=host/world.json HEAP=110k PACE=1 LISTEN=addr]
+#   make test | lint | build | flash PORT=/dev/ttyUSB0 | bench | calibrate | clean
 
 LINK ?= build/uart
 STATE ?= build/state
@@ -19,7 +19,7 @@ DEBS := mosquitto mosquitto-clients picocom chromium chromium-driver
 SRC := $(shell find firmware lib -name '*.py' 2>/dev/null)
 MPY := $(patsubst %.py,build/board/%.mpy,$(SRC))
 
-.PHONY: all run test lint build flash bench clean deps .venv
+.PHONY: all run test lint build flash bench calibrate clean deps .venv
 all: test
 
 .venv: $(STAMP)
@@ -39,7 +39,7 @@ deps:
 
 run: $(STAMP)
 	$(PY) -m host.launcher --link $(LINK) --state $(STATE) --world $(WORLD) --heap $(HEAP) \
-		$(if $(PACE),--pace)
+		$(if $(PACE),--pace) $(if $(LISTEN),--listen $(LISTEN))
 
 # pytest exits 5 when no test ran: make reports that as a failure too.
 test: $(STAMP) deps lint
@@ -70,8 +70,21 @@ $(VENV)/bin/mpremote: $(STAMP)
 flash: build $(VENV)/bin/mpremote
 	cd build/board && ../../$(VENV)/bin/mpremote connect $(PORT) fs cp -r * : + reset
 
-# Latency, heap and socket throughput; MQTT rate and latency beside mosquitto_pub; BLE throughput.
-bench: $(STAMP) deps
+# The heap model's 32-bit VMs (MicroPython's WebAssembly port, pinned in tools/heap32's lock).
+HEAP32 := tools/heap32/node_modules/.package-lock.json
+$(HEAP32): tools/heap32/package-lock.json
+	@command -v npm >/dev/null || $(MAKE) -s deps DEBS="nodejs npm"
+	cd tools/heap32 && npm ci --no-audit --no-fund
+	touch $@
+
+# Measure the 64-bit factor again and record it in host/heap_factor.json (the launcher's).
+calibrate: $(STAMP) $(HEAP32)
+	$(PY) tools/heap32/calibrate.py --write
+
+# Per-part import heap on 32 and 64 bits; latency, heap, CPU time and socket throughput; MQTT
+# rate and latency beside mosquitto_pub; BLE throughput.
+bench: $(STAMP) deps $(HEAP32)
+	$(PY) tools/heap32/calibrate.py
 	$(PY) -m host_tests.bench
 	$(PY) -m host_tests.bench_mqtt
 	$(PY) -m host_tests.bench_bt

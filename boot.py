@@ -1,6 +1,6 @@
 # Board start-up, before main.py: choose the firmware tree and put it first on sys.path.
 #
-# An OTA update (firmware/commands/ota.py, docs/OTA.md) stages a release in the slot ota/a or
+# An OTA update (firmware/otaupdate.py, docs/OTA.md) stages a release in the slot ota/a or
 # ota/b of the flash filesystem and switches to it with one atomic file write. Files:
 #   ota/current  "<slot>": the confirmed tree; absent: the factory tree (/firmware, /lib)
 #   ota/pending  "<slot> <tried> <new app> <old app>": a switched, unconfirmed update; tried

@@ -29,12 +29,7 @@ async def write_all(s, data, idle_ms=0):
     mv = memoryview(data)
     t0 = time.ticks_ms()
     while mv:
-        try:
-            n = s.write(mv)
-        except OSError as e:
-            if e.args[0] not in BUSY:
-                raise
-            n = None
+        n = _attempt(s.write, mv)
         if n:
             mv = mv[n:]
             t0 = time.ticks_ms()
@@ -42,3 +37,23 @@ async def write_all(s, data, idle_ms=0):
             raise OSError(errno.ETIMEDOUT)
         else:
             await asyncio.sleep_ms(_SPIN_MS)
+
+
+# Read what a non-blocking socket (TLS included) has into buf, waiting until something comes;
+# 0 when the peer closed.
+async def read_some(s, buf):
+    while True:
+        n = _attempt(s.readinto, buf)
+        if n is not None:
+            return n
+        await readable(s)
+
+
+# op(buf) on a non-blocking stream; None where the stream says "not now".
+def _attempt(op, buf):
+    try:
+        return op(buf)
+    except OSError as e:
+        if e.args[0] not in BUSY:
+            raise
+        return None

@@ -1,12 +1,21 @@
 # Start-up: settings, the AT UART, the command table, then the event loop forever.
 import asyncio
 import gc
+import sys
 
 import machine
+from micropython import const
 
-from firmware import board, ctx, log, settings, wifi
-from firmware.registry import Table
+from firmware import board, ctx, log, registry, settings, wifi
 from firmware.serial import Serial
+
+# The oldest MicroPython this firmware supports: WLAN.ipconfig and network.ipconfig, which
+# the Wi-Fi code uses, first appear in v1.24.0 (ports/esp32/network_common.c).
+_OLDEST = (1, 24, 0)
+
+_RETRY_MIN_MS = const(15000)
+_RETRY_MAX_MS = const(300000)
+_RESYNC_MS = const(3600000)
 
 _PARITY = {"NONE": None, "EVEN": 0, "ODD": 1}
 _FLOW = {
@@ -39,11 +48,23 @@ def open_uart(cfg):
     )
 
 
+# On an older image the module still starts (AT, BLE...) and says why joins will fail.
+def _check_micropython():
+    v = tuple(sys.implementation.version[:3])
+    if v < _OLDEST:
+        log.warn(
+            "MicroPython {}.{}.{} is older than {}.{}.{}, the oldest supported: Wi-Fi joins "
+            "will fail (no WLAN.ipconfig); flash a newer image".format(*(v + _OLDEST))
+        )
+
+
 async def main():
+    _check_micropython()
     st = settings.Settings()
     st.load()
     ctx.settings = st
-    ctx.serial = Serial(open_uart(st["uart"]), Table(), st)
+    ctx.serial = Serial(open_uart(st["uart"]), registry, st)
+    asyncio.get_event_loop().set_exception_handler(_task_failed)
     _restore(st)
     gc.collect()
     log.info("ready, {} bytes free".format(gc.mem_free()))
@@ -53,28 +74,60 @@ async def main():
 
 
 # Bring back what the host left running: the Wi-Fi links, and the features it asked to start
-# at power-on (their modules load only then).
+# at power-on. Their command groups load first (registry.load), so that their modules can be
+# released when the feature stops.
 def _restore(st):
     wifi.start()
     from firmware import ota  # every boot: confirms a new version once it answers AT
 
     ota.start()
-    if st.get("bt_on"):
+    if st["bt_on"]:
+        registry.load("bt")
         from firmware import bt
 
         bt.start()
-    if st.get("mqtt_autostart"):
+    if st["mqtt_autostart"]:
+        registry.load("mqtt")
         from firmware import mqtt
 
         mqtt.start()
-    if any(st.get("links", ())):
+    if any(st["links"]):
+        registry.load("tcpip")
         from firmware import links
 
         links.start()
 
 
-# Hourly: keep uptime counting past the ticks_ms wrap.
+# A task ended by an exception nobody caught: logged; out of memory also goes to AT+ERRNO.
+def _task_failed(loop, context):
+    e = context["exception"]
+    if isinstance(e, MemoryError):
+        ctx.serial.out_of_memory("running a background task")
+    else:
+        log.exc(e, "a background task")
+
+
+# Keep uptime counting past the ticks_ms wrap, and the RTC set: it reads 2000-01-01 after
+# power-on and TLS verification needs the date. Once the station is up, SNTP from the configured
+# servers (as ESP-AT does at start), retried from 15 s doubling to 5 min while it fails (as lwIP's
+# SNTP client), then hourly. firmware/sntp.py is loaded only for an attempt (RAM).
 async def _housekeeping():
+    wait = _RETRY_MIN_MS
     while True:
         ctx.uptime_ms()
-        await asyncio.sleep(3600)
+        if not wifi.online():
+            await asyncio.sleep_ms(500)
+            continue
+        held = "firmware.sntp" in sys.modules
+        from firmware import sntp
+
+        try:
+            await sntp.sync()
+            wait, pause = _RETRY_MIN_MS, _RESYNC_MS
+        except Exception:  # AtError: no answer (AT+SNTPTIME tells why)
+            pause, wait = wait, min(wait * 2, _RETRY_MAX_MS)
+        if not held:
+            del sys.modules["firmware.sntp"]
+            del sys.modules["firmware"].sntp
+        sntp = None
+        await asyncio.sleep_ms(pause)

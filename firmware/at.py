@@ -71,43 +71,55 @@ def split_params(raw):
         text = raw.decode()
     except UnicodeError:
         raise AtError(E_SYNTAX, "parameters are not UTF-8")
-    if "\\" in text:
-        params = _split_escaped(text)
+    if "\\" in text or '"' in text:
+        params = _scan(text)
     else:
-        params = [_field(f) for f in text.split(",")]
+        params = [f or None for f in text.split(",")]
     # "AT+CIPSTART=4,tcp_server,8080," : a trailing empty parameter is tolerated (wire notes).
     if len(params) > 1 and params[-1] is None:
         params.pop()
     return params
 
 
-def _split_escaped(text):
+# Split text at commas, character by character: "\," is a comma and "\\" a backslash
+# anywhere; a parameter that starts with a double quote runs to the quote that ends it
+# (followed by a comma or the end of the line), commas included, and is unquoted. A quote
+# anywhere else, or one never closed, is an ordinary character.
+def _scan(text):
     params = []
     field = []
+    quoted = False  # the field began with a quote that is still open
     i = 0
     n = len(text)
-    while i < n:
-        c = text[i]
+    while i <= n:
+        c = text[i] if i < n else ","  # the end of the line ends the last field
         if c == "\\" and i + 1 < n and text[i + 1] in ",\\":
             field.append(text[i + 1])
-            i += 2
-            continue
-        if c == ",":
-            params.append(_field("".join(field)))
+            i += 1
+        elif c == '"' and not field and not quoted and _closes(text, i + 1):
+            quoted = True
+        elif c == '"' and quoted and (i + 1 == n or text[i + 1] == ","):
+            quoted = False
+            params.append("".join(field))
+            field = []
+            i += 1  # past the comma (or the end) that follows
+        elif c == "," and not quoted:
+            params.append("".join(field) or None)
             field = []
         else:
             field.append(c)
         i += 1
-    params.append(_field("".join(field)))
     return params
 
 
-def _field(s):
-    if not s:
-        return None
-    if len(s) >= 2 and s[0] == '"' and s[-1] == '"':
-        return s[1:-1]
-    return s
+# True if a quote opened before text[i] is closed by a quote followed by a comma or the end.
+def _closes(text, i):
+    j = text.find('"', i)
+    while j >= 0:
+        if j + 1 == len(text) or text[j + 1] == ",":
+            return True
+        j = text.find('"', j + 1)
+    return False
 
 
 # Parameter checks. Each takes the parameter list and an index, and raises AtError(E_PARAM)
@@ -128,8 +140,15 @@ def text(p, i, most, least=1):
     return v
 
 
-def integer(p, i, lo, hi):
+# Numbers and keywords tolerate blanks around them ("AT+UART=115200, 8, 1, NONE, NONE", as
+# the document's own examples write); text() keeps them: they belong to SSIDs, keys, topics.
+def _bare(p, i):
     v = p[i] if i < len(p) else None
+    return v.strip(" \t") if v else v
+
+
+def integer(p, i, lo, hi):
+    v = _bare(p, i)
     try:
         if v is None or not (v.isdigit() or (v[0] in "+-" and v[1:].isdigit())):
             raise ValueError
@@ -142,7 +161,7 @@ def integer(p, i, lo, hi):
 
 
 def choice(p, i, choices):
-    v = p[i] if i < len(p) else None
+    v = _bare(p, i)
     if v not in choices:
         raise AtError(E_PARAM, "parameter {}: must be one of {}".format(i + 1, ",".join(choices)))
     return v

@@ -23,20 +23,12 @@ import binascii
 import json
 
 import bluetooth
-import machine
 from micropython import const
 
 from firmware import ctx, events, log, settings
 from firmware.at import E_FAIL, E_STATE, E_TIMEOUT, AtError
+from firmware.btid import mac, name
 
-settings.defaults(
-    {
-        "bt_name": "",  # AT+BTNAME ("": the default name, EMW3239_<last 3 bytes of the MAC>)
-        "bt_passkey": "123456",  # AT+BTPASSKEY
-        "bt_on": False,  # AT+BTDISCOVERY=ON: advertise, also after a restart
-        "btevent": True,  # AT+BTEVENT=EN
-    }
-)
 
 NAME_MAX = const(26)  # 31-byte advertising packet: flags (3) + name header (2) + name
 
@@ -83,18 +75,6 @@ DISCONNECTED = "DISCONNECTED"
 DISCOVERABLE = "DISCOVERABLE"
 
 
-# The Bluetooth address: the board's base MAC + 2, as ESP-IDF derives it; readable without
-# powering the radio.
-def mac():
-    m = bytearray(machine.unique_id())
-    m[5] = (m[5] + 2) & 0xFF
-    return ":".join("{:02x}".format(b) for b in m)
-
-
-def name():
-    return ctx.settings["bt_name"] or "EMW3239_" + mac()[9:].replace(":", "").upper()
-
-
 class Radio:
     def __init__(self):
         self.conn = None  # handle of the phone's link, None without one
@@ -108,6 +88,7 @@ class Radio:
         self._head = 0  # next byte the IRQ writes
         self._tail = 0  # next byte _deliver takes
         self._changes = []  # connection ON/OFF to announce, in order
+        self._announced = False  # CONNECTION,ON told, OFF not yet: received data may go out
         self._readvertise = False
         self._flag = asyncio.ThreadSafeFlag()
         self._secrets = _load()  # (sec_type, key, value) tuples, newest first
@@ -171,7 +152,7 @@ class Radio:
         if event == _IRQ_GATTS_WRITE:
             if data[1] == self.rx:
                 got = self.ble.gatts_read(self.rx)
-                if data[0] == self.conn and self.secure:
+                if data[0] == self.conn:
                     self._put(got)
         elif event == _IRQ_CENTRAL_CONNECT:
             self.conn = data[0]
@@ -250,6 +231,9 @@ class Radio:
 
     # ----- task side
 
+    # The stack lets only an authenticated link write RX, but the write of a phone that
+    # writes as soon as its side of the pairing ends may come before the ENCRYPTION_UPDATE
+    # that makes the link CONNECTED: it waits in the ring for +BTEVENT:CONNECTION,ON.
     async def _deliver(self):
         while True:
             await self._flag.wait()
@@ -258,7 +242,11 @@ class Radio:
                 if not on:
                     await self._flush()  # what came before the link went down first
                 events.emit("BTEVENT", "CONNECTION," + ("ON" if on else "OFF"))
-            await self._flush()
+                self._announced = on
+            if self._announced:
+                await self._flush()
+            elif self.conn is None:
+                self._tail = self._head  # written on a link that never became CONNECTED
             if self._readvertise:
                 self._readvertise = False
                 if self.advertising and self.conn is None:
@@ -283,16 +271,18 @@ class Radio:
     # BTEVENT=EN, the bytes alone otherwise. Never inside a response.
     async def _flush(self):
         while self._head != self._tail:
-            if self.sink is None:  # in transparent mode the engine waits for us, not we for it
-                await ctx.serial.until_idle()
-            head, tail = self._head, self._tail
-            end = head if head > tail else _RING
-            mv = self._ringmv[tail:end]
-            if self.sink is not None or not ctx.settings["btevent"]:
-                ctx.serial.raw(mv)
-            else:
-                ctx.serial.push("+BTEVENT:DATA,{},".format(end - tail), mv)
-            self._tail = end % _RING
+            await ctx.serial.send(self._take, self.sink)
+
+    # The ring's oldest contiguous bytes, as the engine writes them (it calls this with the
+    # line free, or at once in transparent mode).
+    def _take(self):
+        head, tail = self._head, self._tail
+        end = head if head > tail else _RING
+        self._tail = end % _RING
+        mv = self._ringmv[tail:end]
+        if not ctx.settings["btevent"]:
+            return None, mv
+        return "+BTEVENT:DATA,{},".format(end - tail), mv
 
     # Send data to the phone as notifications of at most MTU-3 bytes, waiting while the
     # stack's buffers are full (AT+BTSEND, transparent mode).
@@ -351,3 +341,9 @@ def start():
 
 def state():
     return DISCONNECTED if radio is None else radio.state()
+
+
+# The radio was never started (once up it stays up: registry.py may release this module only
+# before).
+def idle():
+    return radio is None

@@ -11,7 +11,8 @@ _GATES = {
 }
 
 
-def emit(kind, params):
+# caused: part of the response of the command being answered (see serial.Serial.event).
+def emit(kind, params, caused=False):
     gate = _GATES.get(kind)
     if gate is None or ctx.settings[gate]:
-        ctx.serial.event("+{}:{}".format(kind, params))
+        ctx.serial.event("+{}:{}".format(kind, params), caused)

@@ -6,7 +6,7 @@ import socket
 
 from micropython import const
 
-from firmware import certs, ctx, events, log, settings, wifi
+from firmware import ctx, events, log, settings, tls, wifi
 from firmware.aio import readable, writable
 from firmware.at import E_FAIL, E_PARAM, E_STATE, E_TIMEOUT, E_UNSUPPORTED, AtError
 
@@ -22,27 +22,13 @@ CLOSE = "close"
 CHUNK = const(1024)  # largest +CIPEVENT:SOCKET payload
 PULL_MAX = const(2048)  # bytes buffered per peer in pull mode (AT+CIPRECVCFG=0)
 _CLIENTS_MAX = const(5)  # clients of one tcp_server
-_TLS_MAX = const(2)  # TLS links at once: each costs tens of KB on the board
 _CONNECT_MS = const(10000)
 _TLS_TIMEOUT_S = const(5)
 _SEND_WAIT_MS = const(10000)  # CIPSEND on a link still connecting waits this long
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(30000)
+_EISCONN = const(127)  # lwIP/newlib EISCONN: not in MicroPython's errno module
 
-settings.defaults(
-    {
-        "recvcfg": 1,  # 1 push (+CIPEVENT:SOCKET), 0 pull (AT+CIPRECV)
-        "autoconn": [1, 1, 1, 1, 1],
-        "links": [
-            [],
-            [],
-            [],
-            [],
-            [],
-        ],  # per id: [type, host, remote port, local port] while started
-        "sslopt": [[0, 0], [0, 0], [0, 0], [0, 0], [0, 0]],  # per id: verify root, client cert
-    }
-)
 
 _rx = bytearray(CHUNK)  # the one receive buffer of push mode: read, then pushed at once
 _rxmv = memoryview(_rx)
@@ -58,6 +44,7 @@ class Peer:
         self.n = 0  # bytes in buf
         self.room = asyncio.Event()  # set when buf has room again
         self.task = None
+        self.got = None  # what the last push-mode read returned
 
     def close(self):
         if self.task is not None:
@@ -103,6 +90,7 @@ class Link:
                 self._listen()
             elif typ.startswith("udp"):
                 self._bind_udp()
+                events.emit("CIPEVENT", "{},UDP,CONNECTED".format(self.id), True)
         except OSError as e:
             if self.sock is not None:
                 self.sock.close()
@@ -118,10 +106,12 @@ class Link:
         was = self.state
         self.state = CLOSE
         self.leftover = None
-        for p in self.peers:
+        if was != CLOSE and self.type == "ssl_client":
+            tls.release()
+        for p in self.peers:  # the events are part of AT+CIPSTOP's response
             p.close()
             if self.type == "tcp_server":
-                events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(p.ip, p.port))
+                events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(p.ip, p.port), True)
         self.peers = []
         if self.sock is not None:
             self.sock.close()
@@ -129,9 +119,9 @@ class Link:
         if was == CLOSE:
             return
         if self.type.startswith("udp"):
-            events.emit("CIPEVENT", "{},UDP,CLOSED".format(self.id))
+            events.emit("CIPEVENT", "{},UDP,CLOSED".format(self.id), True)
         else:
-            events.emit("CIPEVENT", "{},SERVER,CLOSED".format(self.id))
+            events.emit("CIPEVENT", "{},SERVER,CLOSED".format(self.id), True)
 
     # Keep the link up: connect, serve, and with AT+CIPAUTOCONN on, connect again with
     # back-off when a client link drops.
@@ -149,6 +139,8 @@ class Link:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # any failure ends this connection
+                if isinstance(e, MemoryError):
+                    ctx.serial.out_of_memory("serving link {}".format(self.id))
                 self.error = _reason(e)
                 log.info("link {}: {}".format(self.id, self.error))
             self._drop()
@@ -175,8 +167,9 @@ class Link:
         self.state = DISCONNECTED
 
     async def _client(self):
-        # blocking: DNS, once per connection
-        self.addr = socket.getaddrinfo(self.host, self.rport)[0][-1]
+        if self.type == "ssl_client" and ctx.settings["sslopt"][self.id][0]:
+            await tls.clock_ready()  # verification checks the certificate dates
+        self.addr = _resolve(self.host, self.rport)  # blocking: DNS, once per connection
         s = socket.socket()
         self.sock = s
         if self.lport:
@@ -192,7 +185,7 @@ class Link:
         try:  # a second connect() tells how the first one ended
             s.connect(self.addr)
         except OSError as e:
-            if e.errno != errno.EISCONN:
+            if e.errno != _EISCONN:
                 raise
         if self.type == "ssl_client":
             s = self._tls(s)
@@ -207,27 +200,11 @@ class Link:
     # MicroPython's own wrap_socket does; the non-blocking form cannot tell that a certificate
     # was refused before data flows, and a refused server must never count as connected.
     def _tls(self, s):
-        import ssl
-
         verify, client = ctx.settings["sslopt"][self.id]
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        if verify:
-            ca = certs.der(0)
-            if ca is None:
-                raise AtError(E_STATE, "no root certificate (AT+SSLCERTSET=0)")
-            tls.verify_mode = ssl.CERT_REQUIRED
-            for block in ca:
-                tls.load_verify_locations(cadata=block)
-        else:
-            tls.verify_mode = ssl.CERT_NONE
-        if client:
-            cert, key = certs.der(1), certs.der(2)
-            if cert is None or key is None:
-                raise AtError(E_STATE, "no client certificate or key (AT+SSLCERTSET=1,2)")
-            tls.load_cert_chain(cert[0], key[0])
+        context = tls.context(verify, client)
         s.setblocking(True)
         s.settimeout(_TLS_TIMEOUT_S)
-        t = tls.wrap_socket(s, server_hostname=self.host)
+        t = context.wrap_socket(s, server_hostname=self.host)
         t.setblocking(False)
         return t
 
@@ -269,22 +246,21 @@ class Link:
         if peer in self.peers:
             self.peers.remove(peer)
             peer.close()
-            events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(peer.ip, peer.port))
+            events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(peer.ip, peer.port), True)
 
     # Move received data from a stream to the host until the peer closes.
     async def _pump(self, peer):
         s = peer.sock
+
+        def take():  # the engine calls it with the line free: read, and it writes at once
+            n = peer.got = s.readinto(_rx)
+            return ("+CIPEVENT:SOCKET,{},{},".format(self.id, n), _rxmv[:n]) if n else None
+
         while True:
             await readable(s)
-            if ctx.serial.sink is self:  # transparent mode: raw bytes, no framing
-                n = s.readinto(_rx)
-                if n:
-                    ctx.serial.raw(_rxmv[:n])
-            elif ctx.settings["recvcfg"]:
-                await ctx.serial.until_idle()
-                n = s.readinto(_rx)
-                if n:
-                    ctx.serial.push("+CIPEVENT:SOCKET,{},{},".format(self.id, n), _rxmv[:n])
+            if ctx.serial.sink is self or ctx.settings["recvcfg"]:
+                await ctx.serial.send(take, self)  # in transparent mode: raw bytes
+                n = peer.got
             else:
                 n = await self._pull(peer)
             if n == 0:
@@ -303,7 +279,7 @@ class Link:
         return n
 
     def _bind_udp(self):
-        self.addr = socket.getaddrinfo(self.host, self.rport)[0][-1]  # blocking: DNS
+        self.addr = _resolve(self.host, self.rport)  # blocking: DNS
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock = s
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -313,31 +289,29 @@ class Link:
         s.setblocking(False)
 
     async def _udp(self):
-        if self.sock is None:
+        if self.sock is None:  # bound again after a failure (start() binds the first time)
             self._bind_udp()
+            events.emit("CIPEVENT", "{},UDP,CONNECTED".format(self.id))
         s = self.sock
         self.udp = Peer(s, self.host, self.rport)
         self.peers = [self.udp]
         self.state = CONNECTED
-        events.emit("CIPEVENT", "{},UDP,CONNECTED".format(self.id))
         while True:
             await readable(s)
-            if ctx.serial.sink is not self and ctx.settings["recvcfg"]:
-                await ctx.serial.until_idle()
-            data, addr = s.recvfrom(CHUNK)
-            if ctx.serial.sink is self:
-                ctx.serial.raw(data)
-            elif ctx.settings["recvcfg"]:
-                if self.type == "udp_broadcast":
-                    ip, port = ip_port(addr)
-                    head = "+CIPEVENT:UDP_BROADCAST,{},{},{},{},".format(
-                        ip, port, self.id, len(data)
-                    )
-                else:
-                    head = "+CIPEVENT:SOCKET,{},{},".format(self.id, len(data))
-                ctx.serial.push(head, data)
+            if ctx.serial.sink is self or ctx.settings["recvcfg"]:
+                await ctx.serial.send(self._datagram, self)  # in transparent mode: raw bytes
             else:
-                self._keep_datagram(data)
+                self._keep_datagram(s.recvfrom(CHUNK)[0])
+
+    # One datagram as an event (the engine calls it with the line free).
+    def _datagram(self):
+        data, addr = self.sock.recvfrom(CHUNK)
+        if self.type == "udp_broadcast":
+            ip, port = ip_port(addr)
+            head = "+CIPEVENT:UDP_BROADCAST,{},{},{},{},".format(ip, port, self.id, len(data))
+        else:
+            head = "+CIPEVENT:SOCKET,{},{},".format(self.id, len(data))
+        return head, data
 
     def _keep_datagram(self, data):
         p = self.udp
@@ -398,9 +372,18 @@ class Link:
         pass  # leaving transparent mode keeps the link up
 
 
+# The address of a host name or IP. lwIP's resolver fails with a negative OSError (EAI_FAIL).
+def _resolve(host, port):
+    try:
+        return socket.getaddrinfo(host, port)[0][-1]
+    except OSError:
+        raise AtError(E_FAIL, "cannot resolve " + host)
+
+
 def _reason(e):
-    if isinstance(e, AtError):
-        return e.detail
+    why = tls.reason(e)
+    if why is not None:
+        return why
     if isinstance(e, OSError) and e.args:
         code = e.args[0]
         return errno.errorcode.get(code, str(code)) if isinstance(code, int) else str(code)
@@ -427,10 +410,6 @@ def get(lid):
     return links[lid]
 
 
-def tls_count():
-    return sum(1 for L in (links or ()) if L.type == "ssl_client" and L.state != CLOSE)
-
-
 # Validate and start a link (AT+CIPSTART); remembered for AT+CIPAUTOCONN.
 def open_link(lid, typ, host, rport, lport, remember=True):
     link = get(lid)
@@ -438,9 +417,14 @@ def open_link(lid, typ, host, rport, lport, remember=True):
         raise AtError(E_STATE, "link {} is not stopped (AT+CIPSTOP first)".format(lid))
     if not wifi.online():
         raise AtError(E_STATE, "no Wi-Fi link")
-    if typ == "ssl_client" and tls_count() >= _TLS_MAX:
-        raise AtError(E_UNSUPPORTED, "at most {} TLS links at once".format(_TLS_MAX))
-    link.start(typ, host, rport, lport)
+    if typ == "ssl_client":
+        tls.acquire()  # a started ssl_client link holds its TLS session until AT+CIPSTOP
+    try:
+        link.start(typ, host, rport, lport)
+    except AtError:
+        if typ == "ssl_client":
+            tls.release()
+        raise
     if remember:
         stored = list(ctx.settings["links"])
         stored[lid] = [typ, host or "", rport, lport]
@@ -474,3 +458,9 @@ async def _restore():
                 open_link(lid, cfg[0], cfg[1], cfg[2], cfg[3], remember=False)
             except AtError as e:
                 log.warn("link {} not restored: {}".format(lid, e.detail))
+
+
+# Nothing runs: every link is stopped and none waits to be restored (registry.py may release
+# this module).
+def idle():
+    return (_restorer is None or _restorer.done()) and all(L.state == CLOSE for L in links or ())

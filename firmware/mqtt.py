@@ -1,20 +1,18 @@
 # MQTT: one session with the broker of AT+MQTTSOCK (connect, keep alive, reconnect with
-# back-off, subscriptions 0-5, publishing), driven from asyncio over lib/mqtt_qos2 (umqtt.simple
-# with QoS 2 and a non-blocking reader). Commands are in commands/mqtt.py.
+# back-off, subscriptions 0-5, publishing and receiving at QoS 0-2), on asyncio with a
+# non-blocking socket. The packets are firmware/mqttpkt.py (MQTT 3.1.1); the commands are in
+# commands/mqtt.py.
 #
-# Tasks, one per concern, owned by the session task and cancelled with it:
-#   session  connect, then wait for the connection to be lost, then reconnect or give up
-#   reader   wait until the socket is readable, then poll() packets (acks, messages)
+# Tasks, owned by the session and cancelled with it:
+#   session  connect (CONNECT, CONNACK, SUBSCRIBE of the stored ids), wait for the connection
+#            to be lost, then reconnect with back-off or give up
+#   reader   read packets: acks complete requests, messages are held for the deliverer
+#   deliver  write held messages to the UART once no response is open
 #   watch    keepalive pings, a silent broker, Wi-Fi loss, acks that never come
-# Handlers write packets directly (mqtt_qos2.send_*) and answer OK; outcomes arrive as
-# +MQTTEVENT from the reader. Messages arrive as +MQTTRECV:<sub id>,<len>,<payload> (wire notes).
+# Handlers write their packet and answer OK; outcomes arrive as +MQTTEVENT from the reader.
+# Messages arrive as +MQTTRECV:<sub id>,<len>,<payload> (wire notes).
 #
-# Blocking spots (all short on a LAN, named here and at the call):
-# - DNS (getaddrinfo) once per session and host: instant for an IP address.
-# - mqtt_qos2._write() while the TCP send buffer is full, at most _WRITE_MS; on a healthy link
-#   a packet of up to 4 KB goes into the buffer at once.
-# The TCP connect, the TLS handshake and CONNECT/CONNACK are non-blocking (below), because
-# umqtt.simple's connect() blocks for all of them.
+# Blocking spot: DNS (getaddrinfo), once per session and host; instant for an IP address.
 import asyncio
 import errno
 import socket
@@ -22,21 +20,25 @@ import time
 
 from micropython import const
 
-from firmware import at, certs, ctx, events, log, settings, wifi
-from firmware.aio import BUSY, readable, writable, write_all
+from firmware import at, ctx, events, log, mqttpkt, settings, tls, wifi
+from firmware.aio import read_some, writable, write_all
 
 SUBS = const(6)  # subscription ids 0-5
 TOPIC_MAX = const(256)  # bytes of a topic or topic filter
 
-_CONNECT_MS = const(10000)  # TCP + TLS + CONNACK
+_CONNECT_MS = const(10000)  # TCP + TLS + CONNACK + SUBACK of the stored subscriptions
 _ACK_MS = const(10000)  # SUBACK, UNSUBACK, PUBACK, PUBCOMP
-_WRITE_MS = const(3000)  # longest a write may wait for TCP buffer space (blocking)
+_ROOM_MS = const(10000)  # a publish or subscribe waits this long for room in the window
+_WRITE_MS = const(5000)  # a write that makes no progress this long: the connection is gone
 _TICK_MS = const(250)  # watchdog period
 _WIFI_MS = const(1000)  # Wi-Fi check while waiting for it
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(16000)
-_PENDING_MAX = const(16)  # acks awaited at once
-_MBEDTLS_VERIFY = const(-0x2700)  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
+_WINDOW = const(16)  # requests awaiting their acks at once
+_RX = const(4096 + 256 + 9)  # a received packet: 4 KB of payload, topic, headers
+# Packets to send: CONNECT with the longest id and credentials, SUBSCRIBE of six filters, a
+# PUBLISH of up to 1.3 KB. A larger PUBLISH gets a buffer of its own for its one write.
+_TX = const(1600)
 
 # Result words (AT+MQTTSTATUS, +MQTTEVENT); the connection status is one of the first five.
 CONNECTED = "CONNECT,SUCCESS"
@@ -57,28 +59,17 @@ _SUB = const(1)
 _UNSUB = const(2)
 _QUIET = const(3)  # unsubscribing a topic a slot no longer uses: no event
 
-settings.defaults(
-    {
-        "mqtt_auth": ["", ""],  # user name, password ("" = none)
-        "mqtt_sock": ["", 1883],  # broker host, port
-        "mqtt_caverify": [False, False],  # verify the server (root CA), send a client certificate
-        "mqtt_ssl": False,
-        "mqtt_cid": "",  # "" = "EMW_" + the station MAC
-        "mqtt_keepalive": 60,  # s; 0 = none
-        "mqtt_reconn": True,
-        "mqtt_autostart": False,
-        "mqttevent": True,  # factory default drivers rely on (wire notes); gated in events.py
-        "mqtt_subs": [[], [], [], [], [], []],  # per id: [] or [topic filter, qos]
-        "mqtt_pub": ["", 0],  # topic and QoS of AT+MQTTSEND
-    }
-)
 
-
-class InitError(Exception):
+# Why a connection failed or ended; the text is the reason (AT+MQTTERR).
+class Failure(Exception):  # worth retrying
     pass
 
 
-class Refused(Exception):  # CONNACK with a return code that retrying cannot fix
+class InitError(Exception):  # the configuration cannot work
+    pass
+
+
+class Refused(Exception):  # refused in a way that retrying cannot fix
     pass
 
 
@@ -98,57 +89,46 @@ def store_sub(i, entry):
     ctx.settings.set("mqtt_subs", s)
 
 
-# MQTT 3.1.1 section 4.7: "+" is one whole level, "#" the whole last level.
-def valid_filter(t):
-    levels = t.split("/")
-    last = len(levels) - 1
-    for i, x in enumerate(levels):
-        if ("#" in x and (x != "#" or i != last)) or ("+" in x and x != "+"):
-            return False
-    return "\0" not in t
+_WORDS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset by the broker",
+    errno.ECONNABORTED: "connection aborted",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ETIMEDOUT: "timed out",
+    errno.ENOTCONN: "not connected",
+}
 
 
-def valid_topic(t):
-    return "+" not in t and "#" not in t and "\0" not in t
+# A failure in plain words, one line.
+def _why(e):
+    if isinstance(e, (Failure, InitError, Refused)):
+        return e.args[0]
+    if isinstance(e, ValueError):  # mbedTLS: the certificate check, with its reason
+        return "TLS: " + tls.reason(e)
+    if isinstance(e, asyncio.TimeoutError):
+        return "no answer from the broker within {} s".format(_CONNECT_MS // 1000)
+    if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
+        code = e.args[0]
+        if code < 0:  # mbedTLS error codes are negative
+            return "TLS error -0x{:x}".format(-code)
+        return _WORDS.get(code) or errno.errorcode.get(code, "error {}".format(code))
+    return repr(e)
 
 
-def _match(filt, topic):
-    if topic[:1] == "$" and filt[:1] in ("+", "#"):
-        return False  # "$SYS/..." is not matched by a leading wildcard (4.7.2)
-    f = filt.split("/")
-    t = topic.split("/")
-    for i, x in enumerate(f):
-        if x == "#":
-            return True
-        if i >= len(t) or (x != "+" and x != t[i]):
-            return False
-    return len(f) == len(t)
-
-
-# A 2-byte length, then the bytes (an MQTT string)
-def _field(b):
-    return bytes((len(b) >> 8, len(b) & 0xFF)) + b
-
-
-# CONNECT (MQTT 3.1.1, clean session), as umqtt.simple's connect() writes it
-def _connect_packet(cid, user, pswd, keepalive):
-    flags = 0x02
-    body = [b"\0\x04MQTT\x04", None, bytes((keepalive >> 8, keepalive & 0xFF)), _field(cid)]
-    if user:
-        flags |= 0x80
-        body.append(_field(user))
-        if pswd:
-            flags |= 0x40
-            body.append(_field(pswd))
-    body[1] = bytes((flags,))
-    body = b"".join(body)
-    sz = len(body)
-    hdr = bytearray(b"\x10")
-    while sz > 0x7F:
-        hdr.append(sz & 0x7F | 0x80)
-        sz >>= 7
-    hdr.append(sz)
-    return bytes(hdr) + body
+# The TLS context of AT+MQTTSSL / AT+MQTTCAVERIFY, certificates from AT+SSLCERTSET. A verified
+# session first waits (bounded) for the clock: the certificate dates are checked.
+async def _tls_context():
+    server, client = ctx.settings["mqtt_caverify"]
+    try:
+        t = tls.context(server, client)
+    except at.AtError as e:
+        raise InitError(e.detail)
+    if server:
+        try:
+            await tls.clock_ready()
+        except at.AtError as e:
+            raise Failure(e.detail)
+    return t
 
 
 class Session:
@@ -156,12 +136,24 @@ class Session:
         self.status = CLOSED
         self.subs = [None] * SUBS  # per id: result word for AT+MQTTSTATUS=subscribe
         self.pub = None  # result word of the latest publish (None: none yet or awaiting)
-        self.client = None  # mqtt_qos2.MQTTClient, made at the first start (4 KB buffer)
+        self.error = ""  # why the session last failed (AT+MQTTERR)
         self._task = None  # the session task while started, else None
+        self._tasks = ()  # reader, deliverer and watchdog of the current connection
         self._attempting = False  # the session task is connecting now (not waiting)
+        self._sock = None
+        self._session = False  # holds one of tls's sessions
+        self._tx = None  # packet buffer (bytearray), from AT+MQTTSTART to AT+MQTTCLOSE
+        self._rx = None  # mqttpkt.Reader, same lifetime
+        self._lock = None  # one packet at a time on the socket
+        self._room = asyncio.Event()  # set when an awaited ack leaves the window
         self._pending = {}  # packet id -> [kind, sub id, deadline ticks]
+        self._pid = 0  # the last packet id used
+        self._rel = set()  # ids of QoS 2 messages delivered, awaiting their PUBREL
         self._addr = None  # (host, port, address) resolved for this session
-        self._busy = False  # the reader has data but waits for the UART to be idle
+        self._last_rx = 0  # ticks of the latest bytes from the broker
+        self._held = asyncio.Event()  # set when the reader holds a message for the UART
+        self._freed = asyncio.Event()  # set when the deliverer gives the reader room again
+        self._busy = False  # the reader waits for room: held messages fill its buffer
         self._lost = None  # asyncio.Event of the current connection: set when it is lost
 
     def up(self):
@@ -177,34 +169,39 @@ class Session:
             if self._attempting:
                 return
             self._task.cancel()  # waiting for Wi-Fi or in back-off: try at once instead
-        if self.client is None:
-            import mqtt_qos2  # here, not at the top: 10 KB of RAM only once MQTT is used
-
-            c = mqtt_qos2.MQTTClient("", "")
-            c.set_callback(self._on_msg)
-            c.set_ack_callback(self._on_ack)
-            c.timeout_ms = _WRITE_MS
-            self.client = c
+        if self._tx is None:  # all or none (MemoryError)
+            tx = bytearray(_TX)
+            rx = mqttpkt.Reader(_RX)
+            self._tx, self._rx, self._lock = tx, rx, asyncio.Lock()
         self._addr = None
+        self.error = ""
         self.status = CONNECTING
         self._task = asyncio.create_task(self._session())
 
-    # AT+MQTTCLOSE: DISCONNECT, close, stop reconnecting. True if there was a session.
+    # AT+MQTTCLOSE: DISCONNECT, close, stop reconnecting, release the buffers. True if there
+    # was a session.
     def close(self):
         had = self._task is not None or self.up()
-        if self.up():
-            try:
-                self.client.disconnect()
+        if self.up() and not self._lock.locked():  # not inside another packet
+            try:  # one try without waiting: the broker sees the connection close anyway
+                self._sock.write(self._tx[: mqttpkt.disconnect(self._tx)])
             except OSError:
-                pass  # closing anyway
-        self._drop(False)
-        self._lost = None
+                pass
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        self._stop_tasks()
+        self._drop(False)
+        self._lost = None
         self._attempting = False
         self.status = CLOSED
+        self._tx = self._rx = self._lock = None
         return had
+
+    def _stop_tasks(self):
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = ()
 
     # Connect; on loss reconnect with back-off (AT+MQTTRECONN=ON) or give up.
     # Events: CONNECT,SUCCESS on each connection; CONNECT,RECONNECTING once per outage
@@ -215,7 +212,7 @@ class Session:
         except Exception as e:  # a bug: say so rather than stay "connecting" forever
             log.exc(e, "mqtt session")
             self._drop(False)
-            self._give_up(FAILED, "internal error")
+            self._give_up(FAILED, "internal error: " + _why(e))
 
     async def _keep(self):
         backoff = _BACKOFF_MIN_MS
@@ -227,15 +224,11 @@ class Session:
                     await asyncio.wait_for_ms(self._open(), _CONNECT_MS)
                     ok = True
                 except InitError as e:
-                    return self._give_up(INIT_ERROR, e)
-                except Refused as e:
-                    return self._give_up(FAILED, e)
-                except Exception as e:  # OSError, TimeoutError; ValueError from TLS
-                    # A server certificate that fails verification (ValueError on the unix
-                    # port, OSError(-0x2700) elsewhere) stays wrong: no retrying.
-                    if isinstance(e, ValueError) or (e.args and e.args[0] == _MBEDTLS_VERIFY):
-                        return self._give_up(FAILED, e)
-                    log.info("mqtt: connect failed: {!r}".format(e))
+                    return self._give_up(INIT_ERROR, _why(e))
+                except (Refused, ValueError) as e:  # a refused certificate stays refused
+                    return self._give_up(FAILED, _why(e))
+                except Exception as e:  # OSError, Failure, TimeoutError
+                    self._failed(e)
                     ok = False
                 self._attempting = False
                 if ok:
@@ -243,13 +236,15 @@ class Session:
                     told = False
                     await self._serve()
                     if not ctx.settings["mqtt_reconn"]:
-                        return self._give_up(FAILED, "connection lost")
+                        return self._give_up(FAILED, self.error)
                     self.status = CONNECTING
                     events.emit("MQTTEVENT", CONNECTING)
                     told = True
                     continue  # reconnect at once after a loss, back off after failures
+            else:
+                self.error = "Wi-Fi is down"
             if not ctx.settings["mqtt_reconn"]:
-                return self._give_up(FAILED, "no network" if not wifi.online() else "")
+                return self._give_up(FAILED, self.error)
             if not told:
                 events.emit("MQTTEVENT", CONNECTING)
                 told = True
@@ -260,298 +255,395 @@ class Session:
             await asyncio.sleep_ms(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX_MS)
 
+    def _failed(self, e):
+        self.error = _why(e)
+        log.info("mqtt: " + self.error)
+
+    # The reason also goes to AT+ERRNO: CONNECT,FAIL is the outcome of the host's AT+MQTTSTART.
     def _give_up(self, word, why):
         log.info("mqtt: {} ({})".format(word, why))
+        self.error = why
+        ctx.serial.last_error = (at.E_FAIL, "MQTT: " + why)
         self._attempting = False
         self._task = None
         self.status = word
         events.emit("MQTTEVENT", word)
 
-    # Open TCP (and TLS) without blocking, send CONNECT, read CONNACK; hand the socket to
-    # the client. Raises InitError, Refused, OSError (retry) or a TLS error.
+    def _resolve(self, host, port):
+        a = self._addr
+        if a is None or a[0] != host or a[1] != port:
+            try:  # TODO this is blocking: DNS, once per session (instant for an IP address)
+                ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+            except OSError:
+                raise Failure("DNS: cannot resolve " + host)
+            a = self._addr = (host, port, ai[-1])
+        return a[2]
+
+    # Open TCP (and TLS) without blocking, CONNECT, CONNACK, then subscribe the stored ids in
+    # one SUBSCRIBE and report them before CONNECT,SUCCESS (so a driver that sends its next
+    # command on CONNECT,SUCCESS never meets them). Raises InitError, Refused, Failure,
+    # OSError or a TLS ValueError.
     async def _open(self):
         st = ctx.settings
         host, port = st["mqtt_sock"]
         if not host:
-            raise InitError("no host (AT+MQTTSOCK)")
-        tls = self._tls() if st["mqtt_ssl"] else None
-        a = self._addr
-        if a is None or a[0] != host or a[1] != port:
-            # TODO this is blocking: DNS, once per session (instant for an IP address)
-            ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-            a = self._addr = (host, port, ai[-1])
+            raise InitError("no broker address (AT+MQTTSOCK)")
+        context = await _tls_context() if st["mqtt_ssl"] else None
+        addr = self._resolve(host, port)
         user, pswd = st["mqtt_auth"]
         cid = st["mqtt_cid"] or "EMW_" + wifi.mac_text(wifi.station.wlan.config("mac"), "")
-        pkt = _connect_packet(cid.encode(), user.encode(), pswd.encode(), st["mqtt_keepalive"])
-        s = socket.socket()
+        s = self._sock = socket.socket()
         try:
             s.setblocking(False)
             try:
-                s.connect(a[2])
+                s.connect(addr)
             except OSError as e:
                 if e.args[0] != errno.EINPROGRESS:
                     raise
             await writable(s)
-            if tls is not None:
-                s = tls.wrap_socket(s, server_hostname=host, do_handshake_on_connect=False)
-            await write_all(s, pkt)  # on TLS the first write runs the handshake
-            ack = await _recv(s, 4)
+            if context is not None:  # the first writes run the handshake
+                try:
+                    tls.acquire()
+                except at.AtError as e:
+                    raise Failure(e.detail)
+                self._session = True
+                s = self._sock = context.wrap_socket(
+                    s, server_hostname=host, do_handshake_on_connect=False
+                )
+            self._rx.clear()
+            self._rel.clear()  # a clean session forgets QoS 2 ids
+            keepalive = st["mqtt_keepalive"]
+            await self._send(
+                mqttpkt.connect, (cid.encode(), user.encode(), pswd.encode(), keepalive)
+            )
+            first, body = await self._packet()
+            if first >> 4 != mqttpkt.CONNACK or body is None or len(body) != 2:
+                raise Failure("the broker did not answer CONNECT with CONNACK")
+            code = body[1]
+            if code == mqttpkt.UNAVAILABLE:
+                raise Failure("broker refused: server unavailable")
+            if code:
+                raise Refused("broker refused: " + mqttpkt.refusal(code))
+            await self._resubscribe()
         except BaseException:  # failures, timeout and cancellation alike
-            s.close()
+            self._close_socket()
             raise
-        if ack[0] != 0x20 or ack[1] != 2:
-            s.close()
-            raise OSError(errno.EPROTO)
-        if ack[3]:
-            s.close()
-            if ack[3] == 3:  # server unavailable: worth retrying
-                raise OSError(errno.ECONNREFUSED)
-            raise Refused("CONNACK {}".format(ack[3]))
-        c = self.client
-        c.sock = s
-        c._reset()  # mqtt_qos2's state of a partly read packet: none on a new connection
-        c._rel.clear()  # QoS 2 ids awaiting PUBREL: a clean session forgets them
-        c.last_rx = time.ticks_ms()
-        c.keepalive = st["mqtt_keepalive"]
 
-    # The TLS context of AT+MQTTSSL / AT+MQTTCAVERIFY, certificates from AT+SSLCERTSET.
-    def _tls(self):
-        import ssl
+    async def _resubscribe(self):
+        ids = [i for i in range(SUBS) if sub(i)]
+        if not ids:
+            return
+        pid = self._next_pid()
+        await self._send(mqttpkt.subscribe, (pid, [(sub(i)[0].encode(), sub(i)[1]) for i in ids]))
+        while True:
+            first, body = await self._packet()
+            if first >> 4 == mqttpkt.SUBACK and body is not None and mqttpkt.pid(body) == pid:
+                break
+            await self._handle(first, body)
+        for k, i in enumerate(ids):
+            code = body[2 + k] if 2 + k < len(body) else mqttpkt.SUB_FAILURE
+            self.subs[i] = SUB_FAIL if code == mqttpkt.SUB_FAILURE else SUB_OK
+            events.emit("MQTTEVENT", "{},{}".format(i, self.subs[i]))
 
-        server, client = ctx.settings["mqtt_caverify"]
-        t = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        try:
-            if server:
-                ca = certs.der(0)
-                if not ca:
-                    raise InitError("no root CA (AT+SSLCERTSET=0)")
-                for der in ca:  # each adds a trusted certificate
-                    t.load_verify_locations(cadata=der)
-                t.verify_mode = ssl.CERT_REQUIRED
-            else:
-                t.verify_mode = ssl.CERT_NONE
-            if client:
-                cert, key = certs.der(1), certs.der(2)
-                if not cert or not key:
-                    raise InitError("no client certificate or key (AT+SSLCERTSET=1/2)")
-                t.load_cert_chain(cert[0], key[0])
-        except (ValueError, OSError) as e:  # a certificate or key mbedTLS cannot parse
-            raise InitError(repr(e))
-        return t
-
-    # Connected: subscribe the stored ids, run reader and watchdog until the link is lost.
+    # Connected: run reader, deliverer and watchdog until the connection is lost.
     async def _serve(self):
         self.status = CONNECTED
         events.emit("MQTTEVENT", CONNECTED)
         me = self._task
         lost = self._lost = asyncio.Event()
-        tasks = (asyncio.create_task(self._read(lost)), asyncio.create_task(self._watch(lost)))
+        self._tasks = (
+            asyncio.create_task(self._read(lost)),
+            asyncio.create_task(self._deliver()),
+            asyncio.create_task(self._watch(lost)),
+        )
         try:
             for i in range(SUBS):
-                if sub(i):
-                    self.subscribe(i)
-        except OSError:
+                if sub(i) and self.subs[i] is None:  # stored while the connection was made
+                    await self.subscribe(i)
+        except (OSError, at.AtError) as e:
+            self._failed(e)
             lost.set()
         try:
             await lost.wait()
         finally:
-            for t in tasks:
-                t.cancel()
             if self._task is me:  # not closed (AT+MQTTCLOSE drops the connection itself)
+                self._stop_tasks()
                 self._lost = None
                 self._drop(ctx.settings["mqtt_reconn"])
+
+    def _close_socket(self):
+        s = self._sock
+        self._sock = None
+        if self._session:
+            self._session = False
+            tls.release()
+        if s is not None:
+            try:
+                s.close()
+            except OSError:
+                pass
 
     # Forget the connection: close the socket, report awaited acks. With `again` (a reconnect
     # follows) subscriptions are simply redone; otherwise they are reported failed.
     def _drop(self, again):
-        c = self.client
-        if c is not None and c.sock is not None:
-            try:
-                c.sock.close()
-            except OSError:
-                pass
-            c.sock = None
+        self._close_socket()
         if self.up():
             self.status = CONNECTING
         pending = self._pending
         self._pending = {}
+        self._room.set()
         for kind, i, _ in pending.values():
             if kind == _PUB:
-                self.pub = PUB_FAIL
-                events.emit("MQTTEVENT", PUB_FAIL)
+                self._report_pub(PUB_FAIL)
             elif kind == _SUB and not again:
-                self.subs[i] = SUB_FAIL
-                events.emit("MQTTEVENT", "{},{}".format(i, SUB_FAIL))
+                self._report_sub(i, SUB_FAIL)
             elif kind == _UNSUB:  # the broker forgets subscriptions with the session
-                self.subs[i] = UNSUB_OK
-                events.emit("MQTTEVENT", "{},{}".format(i, UNSUB_OK))
+                self._report_sub(i, UNSUB_OK)
         for i in range(SUBS):
             if self.subs[i] == SUB_OK:
                 self.subs[i] = None
 
-    # Reader: handle every packet the socket has, then wait for more. A packet is only read
-    # while no response is open on the UART, so a +MQTTRECV goes out at once, never inside a
-    # response (data waits in the socket meanwhile: TCP back-pressure, no copy held here).
+    def _report_pub(self, word):
+        self.pub = word
+        events.emit("MQTTEVENT", word)
+
+    def _report_sub(self, i, word):
+        self.subs[i] = word
+        events.emit("MQTTEVENT", "{},{}".format(i, word))
+
+    # Write one packet: encode(buffer, *args) fills the buffer and returns the length; size is
+    # the most it may take when that can exceed _TX. One packet at a time, in one write.
+    # OSError when the connection is gone.
+    async def _send(self, encode, args=(), size=0):
+        s = self._sock
+        if s is None:
+            raise OSError(errno.ENOTCONN)
+        async with self._lock:
+            buf = self._tx if size <= _TX else bytearray(size)
+            n = encode(buf, *args)
+            await write_all(s, memoryview(buf)[:n], _WRITE_MS)
+
+    # The next packet from the broker: (first byte, body or None if it was too large).
+    async def _packet(self):
+        rx = self._rx
+        while True:
+            p = rx.next()
+            if p is not None:
+                return p
+            space = rx.space()
+            if not space:
+                self._busy = True
+                self._freed.clear()
+                await self._freed.wait()
+                self._busy = False
+                continue
+            n = await read_some(self._sock, space)
+            if not n:
+                raise Failure("the broker closed the connection")
+            rx.filled(n)
+            self._last_rx = time.ticks_ms()
+
+    # Reader: handle packets until the connection fails. Messages stay in its buffer until the
+    # deliverer has written them, and it reads on past them (acks are never stuck behind a
+    # message waiting for the UART); when they fill the buffer, data waits in the socket
+    # (TCP back-pressure, no copy held here).
     async def _read(self, lost):
-        c = self.client
-        s = c.sock
         try:
             while True:
-                await readable(s)
-                self._busy = True
-                while True:
-                    await ctx.serial.until_idle()
-                    # no await from here to the end of poll(): _on_msg pushes to the UART
-                    if c.poll() is None:
-                        break
-                    await asyncio.sleep_ms(0)  # let the UART and others run between packets
-                self._busy = False
-        except Exception as e:  # OSError(-1) when the broker closes, MQTTException
-            log.info("mqtt: connection lost: {!r}".format(e))
-        self._busy = False
+                first, body = await self._packet()
+                await self._handle(first, body)
+        except Exception as e:  # OSError, Failure; ValueError, IndexError: a malformed packet
+            if isinstance(e, (ValueError, IndexError)):
+                e = Failure("the broker sent a malformed packet")
+            self._failed(e)
         lost.set()
+
+    async def _handle(self, first, body):
+        kind = first >> 4
+        if body is None:
+            log.warn("mqtt: a packet larger than {} bytes was dropped".format(_RX))
+        elif kind == mqttpkt.PUBLISH:
+            topic, pid, payload = mqttpkt.publish_parts(first, body)
+            qos = first >> 1 & 3
+            if qos < 2 or pid not in self._rel:  # a QoS 2 resent before PUBREL came: once
+                self._rx.hold(first, body)
+                self._held.set()
+            if qos == 1:
+                await self._send(mqttpkt.ack, (mqttpkt.PUBACK, pid))
+            elif qos == 2:
+                self._rel.add(pid)
+                await self._send(mqttpkt.ack, (mqttpkt.PUBREC, pid))
+        elif kind == mqttpkt.PUBREL:
+            pid = mqttpkt.pid(body)
+            self._rel.discard(pid)
+            await self._send(mqttpkt.ack, (mqttpkt.PUBCOMP, pid))
+        elif kind == mqttpkt.PUBREC:
+            pid = mqttpkt.pid(body)
+            if pid in self._pending:  # our QoS 2 publish: PUBCOMP completes it
+                await self._send(mqttpkt.ack, (mqttpkt.PUBREL, pid))
+        elif kind in (mqttpkt.PUBACK, mqttpkt.PUBCOMP, mqttpkt.UNSUBACK):
+            self._done(mqttpkt.pid(body), 0)
+        elif kind == mqttpkt.SUBACK:
+            self._done(mqttpkt.pid(body), body[2])
+        # PINGRESP: its arrival is all that counts (_last_rx)
+
+    # Deliverer: the held messages go out as soon as no response is open on the UART, all at
+    # once, so a +MQTTRECV goes out whole, never inside a response.
+    async def _deliver(self):
+        rx = self._rx
+        while True:
+            await self._held.wait()
+            self._held.clear()
+            await ctx.serial.send(_messages)
+            rx.release()
+            self._freed.set()
 
     # Watchdog: PINGREQ every keepalive/2; the broker is dead after 2 keepalives without a
     # packet; Wi-Fi loss drops the connection (as the board's stack would); ack deadlines.
     async def _watch(self, lost):
-        c = self.client
-        k = c.keepalive * 1000
+        k = ctx.settings["mqtt_keepalive"] * 1000
         pinged = time.ticks_ms()
         try:
             while True:
                 await asyncio.sleep_ms(_TICK_MS)
                 now = time.ticks_ms()
                 if not wifi.online():
-                    log.info("mqtt: Wi-Fi down")
-                    break
+                    raise Failure("Wi-Fi is down")
                 if k:
-                    if not self._busy and time.ticks_diff(now, c.last_rx) > 2 * k:
-                        log.info("mqtt: broker silent")
-                        break
+                    if not self._busy and time.ticks_diff(now, self._last_rx) > 2 * k:
+                        raise Failure(
+                            "keepalive timeout: no packet from the broker in {} s".format(
+                                2 * k // 1000
+                            )
+                        )
                     if time.ticks_diff(now, pinged) >= k // 2:
-                        c.ping()
                         pinged = now
+                        await self._send(mqttpkt.pingreq)
                 self._expire(now)
-        except OSError as e:
-            log.info("mqtt: ping failed: {!r}".format(e))
+        except (OSError, Failure) as e:
+            self._failed(e)
         lost.set()
 
     def _expire(self, now):
         late = [p for p, e in self._pending.items() if time.ticks_diff(now, e[2]) > 0]
         for pid in late:
             kind, i, _ = self._pending.pop(pid)
+            self._room.set()
             if kind == _PUB:
-                self.pub = PUB_FAIL
-                events.emit("MQTTEVENT", PUB_FAIL)
+                self._report_pub(PUB_FAIL)
             elif kind == _SUB:
-                self.subs[i] = SUB_FAIL
-                events.emit("MQTTEVENT", "{},{}".format(i, SUB_FAIL))
+                self._report_sub(i, SUB_FAIL)
             elif kind == _UNSUB:
-                self.subs[i] = UNSUB_FAIL
-                events.emit("MQTTEVENT", "{},{}".format(i, UNSUB_FAIL))
+                self._report_sub(i, UNSUB_FAIL)
 
-    def _await(self, pid, kind, i):
+    # PUBACK, PUBCOMP, SUBACK, UNSUBACK
+    def _done(self, pid, code):
+        e = self._pending.pop(pid, None)
+        if e is None:
+            return  # an ack that came after its deadline
+        self._room.set()
+        kind, i, _ = e
+        if kind == _PUB:
+            self._report_pub(PUB_OK)
+        elif kind == _SUB:
+            self._report_sub(i, SUB_FAIL if code == mqttpkt.SUB_FAILURE else SUB_OK)
+        elif kind == _UNSUB:
+            self._report_sub(i, UNSUB_OK)
+
+    def _next_pid(self):
+        p = self._pid
+        while True:
+            p = p % 65535 + 1
+            if p not in self._pending:
+                self._pid = p
+                return p
+
+    # Send a packet that awaits an ack, once the window has room: a host that pipelines
+    # faster than the broker answers waits (up to _ROOM_MS) rather than failing at once.
+    async def _request(self, kind, i, encode, args, size=0):
+        end = time.ticks_add(time.ticks_ms(), _ROOM_MS)
+        while len(self._pending) >= _WINDOW:
+            left = time.ticks_diff(end, time.ticks_ms())
+            if not self.up():
+                raise at.AtError(at.E_STATE, "MQTT is not connected")
+            if left <= 0:
+                raise at.AtError(
+                    at.E_TIMEOUT, "{} requests awaited their acks for {} s".format(
+                        _WINDOW, _ROOM_MS // 1000
+                    )
+                )  # fmt: skip
+            self._room.clear()
+            try:
+                await asyncio.wait_for_ms(self._room.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+        pid = self._next_pid()
         self._pending[pid] = [kind, i, time.ticks_add(time.ticks_ms(), _ACK_MS)]
-
-    def _check_room(self):
-        if len(self._pending) >= _PENDING_MAX:
-            raise at.AtError(at.E_STATE, "{} requests await their acks".format(_PENDING_MAX))
+        try:
+            await self._send(encode, (pid,) + args, size)  # noqa: RUF005 (no *x in MicroPython)
+        except OSError:
+            self._pending.pop(pid, None)
+            raise
 
     # Send SUBSCRIBE for stored id i (connected only); SUBACK reports it.
-    def subscribe(self, i):
+    async def subscribe(self, i):
         topic, qos = sub(i)
         self.subs[i] = None
         for pid, e in list(self._pending.items()):  # an earlier request for the same id
             if e[0] in (_SUB, _UNSUB) and e[1] == i:
                 del self._pending[pid]
-        self._check_room()
-        self._await(self.client.send_subscribe(topic.encode(), qos), _SUB, i)
+        await self._request(_SUB, i, mqttpkt.subscribe, (((topic.encode(), qos),),))
 
     # Send UNSUBSCRIBE for a topic that id i used; UNSUBACK reports it (quietly for a
     # replaced topic). A topic that another id still uses stays subscribed at the broker.
-    def unsubscribe(self, i, topic, quiet=False):
+    async def unsubscribe(self, i, topic, quiet=False):
         self.subs[i] = None
         for j in range(SUBS):
             e = sub(j)
             if j != i and e and e[0] == topic:
                 if not quiet:
-                    self.subs[i] = UNSUB_OK
-                    events.emit("MQTTEVENT", "{},{}".format(i, UNSUB_OK))
+                    self._report_sub(i, UNSUB_OK)
                 return
-        self._check_room()
-        pid = self.client.send_unsubscribe(topic.encode())
-        self._await(pid, _QUIET if quiet else _UNSUB, i)
+        await self._request(_QUIET if quiet else _UNSUB, i, mqttpkt.unsubscribe, (topic.encode(),))
 
     # Publish data (a memoryview valid during the call) to the AT+MQTTPUB topic.
-    def publish(self, data):
+    async def publish(self, data):
         topic, qos = ctx.settings["mqtt_pub"]
-        if qos:
-            self._check_room()
+        topic = topic.encode()
+        size = mqttpkt.HEAD_MAX + 4 + len(topic) + len(data)
         self.pub = None
-        pid = self.client.send_publish(topic.encode(), data, qos=qos)
         if qos:
-            self._await(pid, _PUB, None)
+            await self._request(_PUB, None, mqttpkt.publish, (topic, data, qos), size)
         else:
-            self.pub = PUB_OK
-            events.emit("MQTTEVENT", PUB_OK)
+            await self._send(mqttpkt.publish, (0, topic, data, 0), size)
+            self._report_pub(PUB_OK)
 
     # A handler's write failed: the connection is gone; the session task takes it from here.
-    def broken(self):
+    def broken(self, e):
+        self._failed(e)
         if self._lost is not None:
             self._lost.set()
 
-    # PUBACK, PUBCOMP, SUBACK, UNSUBACK (called by poll() in the reader)
-    def _on_ack(self, op, pid, code):
-        e = self._pending.pop(pid, None)
-        if e is None:
-            return  # PINGRESP (pid 0), or an ack that came after its deadline
-        kind, i, _ = e
-        if kind == _PUB:
-            self.pub = PUB_OK
-            events.emit("MQTTEVENT", PUB_OK)
-        elif kind == _SUB:
-            self.subs[i] = SUB_FAIL if code == 0x80 else SUB_OK
-            events.emit("MQTTEVENT", "{},{}".format(i, self.subs[i]))
-        elif kind == _UNSUB:
-            self.subs[i] = UNSUB_OK
-            events.emit("MQTTEVENT", "{},{}".format(i, UNSUB_OK))
 
-    # A message, to the lowest id whose filter matches its topic (called by poll() in the
-    # reader, right after until_idle()). Messages are data, not status events: they are
-    # always delivered, whatever AT+MQTTEVENT says.
-    def _on_msg(self, topic, msg):
+# The held messages as +MQTTRECV lines (serial.send writes them while the line is free), each to
+# the lowest id whose filter matches its topic. Messages are data, not status events: they are
+# always delivered, whatever AT+MQTTEVENT says.
+def _messages():
+    out = []
+    for first, body in _session._rx.held():
+        topic, _, payload = mqttpkt.publish_parts(first, body)
         try:
-            t = topic.decode()
+            t = str(topic, "utf-8")
         except UnicodeError:
             t = ""
         for i in range(SUBS):
             e = sub(i)
-            if e and _match(e[0], t):
-                ctx.serial.push("+MQTTRECV:{},{},".format(i, len(msg)), msg)
-                return
-        log.info("mqtt: message on {!r} matches no subscription".format(topic))
-
-
-# Write all of buf to a non-blocking socket; on TLS the first writes drive the handshake.
-# Read exactly n bytes from a non-blocking socket.
-async def _recv(s, n):
-    buf = bytearray(n)
-    mv = memoryview(buf)
-    got = 0
-    while got < n:
-        try:
-            r = s.readinto(mv[got:])
-        except OSError as e:
-            if e.args[0] not in BUSY:
-                raise
-            r = None
-        if r is None:
-            await readable(s)
-        elif r == 0:
-            raise OSError(-1)  # closed by the broker
+            if e and mqttpkt.match(e[0], t):
+                out.append(("+MQTTRECV:{},{},".format(i, len(payload)), payload))
+                break
         else:
-            got += r
-    return buf
+            log.info("mqtt: message on {!r} matches no subscription".format(t))
+    return out
 
 
 _session = None
@@ -580,3 +672,10 @@ async def _autostart():
     s = get()
     if s.status == CLOSED and s._task is None:
         s.start()
+
+
+# Nothing runs: no session started, none waiting to auto-start (registry.py may release this
+# module).
+def idle():
+    s = _session
+    return (_auto is None or _auto.done()) and (s is None or (s._task is None and not s.up()))

@@ -1,6 +1,6 @@
 # OTA state on the flash filesystem (the files boot.py reads, described there) and the
 # confirmation of a new version once it answers AT. The download and the switch are in
-# commands/ota.py, which loads only when an OTA command is used.
+# firmware/otaupdate.py, which loads only when AT+OTACHECK or AT+OTASTART is used.
 import asyncio
 import os
 
@@ -9,8 +9,6 @@ from firmware import ctx, log, settings
 CURRENT = "ota/current"
 PENDING = "ota/pending"
 SLOTS = ("a", "b")
-
-settings.defaults({"ota_url": ""})  # AT+OTAURL: the update server (extension)
 
 
 def read(path):

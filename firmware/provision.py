@@ -9,9 +9,8 @@
 # the phone); it tries again if provisioning ends without a new network.
 #
 # Where the server listens (AT+SMARTHTTP, extension): port 80 of the soft AP's own address
-# by default (192.168.4.1). On the PC the soft AP's address is only a label, so the virtual
-# module is told AT+SMARTHTTP=127.0.0.1,<port> (the tests use a free port; host/world.json
-# names 8080 for people).
+# by default (192.168.4.1). On the PC the launcher maps 192.168.4.1:80 to a loopback port it
+# prints (host/board/socket.py); AT+SMARTHTTP=<ip>,<port> picks another address.
 #
 # HTTP interface (HTTP/1.1, one request per connection, "Connection: close"):
 #   GET  /             the set-up page: the networks of the last scan, and a form
@@ -44,7 +43,7 @@ import time
 import network
 from micropython import const
 
-from firmware import at, ctx, events, settings, wifi
+from firmware import at, btid, ctx, events, settings, wifi
 
 PREFIX = "EMW-SETUP-"
 
@@ -57,14 +56,6 @@ _JOIN_MS = const(25000)  # wifi gives up an attempt after 20 s
 _RESCAN_MS = const(15000)
 _STOP_MS = const(1500)  # after success: time for the answer to reach the phone
 _NETS_MAX = const(20)
-
-settings.defaults(
-    {
-        "prov_key": "",  # AT+SMARTKEY: "" = open set-up AP, else its WPA2 key (8..63)
-        "prov_http": ["AP", 80],  # AT+SMARTHTTP: address ("AP" = the soft AP's) and port
-        "airkiss": ["", ""],  # AT+SMARTCFG: AirKiss device_id, original_id (stored only)
-    }
-)
 
 
 # An HTTP failure: status code (0 = the peer is gone, answer nothing).
@@ -87,23 +78,63 @@ _REASONS = {
 
 _JOIN_ERRORS = {wifi.ERR_PASSWORD: "wrong key", wifi.ERR_NO_SSID: "network not found"}
 
+# The page, in pieces written one after the other (the page is never whole in RAM): the
+# head, a line per network, the form. About 2.5 KB for ten networks.
 _HEAD = (
     "<!doctype html><html lang=en><head><meta charset=utf-8>"
     "<meta name=viewport content='width=device-width,initial-scale=1'>"
     "<title>Wi-Fi set-up</title><style>"
-    "body{font-family:sans-serif;margin:1em auto;max-width:26em;padding:0 1em}"
+    "body{font-family:sans-serif;margin:1em auto;max-width:28em;padding:0 1em;color:#222}"
     "input,button{font-size:1.1em;width:100%;box-sizing:border-box;margin:.3em 0;padding:.5em}"
-    "ul{list-style:none;padding:0}li button{text-align:left;background:#eef;"
-    "border:1px solid #ccd;border-radius:.3em}.ok{color:#070}.err{color:#b00}"
-    "</style></head><body><h1>Wi-Fi set-up</h1>"
+    "h1{font-size:1.7em}h2{font-size:1.2em}#dev{color:#555;margin-top:-.5em}ul{list-style:none;padding:0}"
+    "li button{display:flex;align-items:center;gap:.5em;text-align:left;background:#f4f6fb;"
+    "border:1px solid #ccd;border-radius:.3em}li .on{background:#dde6ff;border-color:#46c}"
+    ".n{flex:1;overflow-wrap:anywhere}small{color:#555;white-space:nowrap}"
+    ".g{display:inline-flex;align-items:flex-end;gap:2px;height:1em}"
+    ".g i{width:4px;background:#ccd}.g i:nth-child(2){height:45%}.g i:nth-child(3){height:70%}"
+    ".g i:nth-child(1){height:20%}.g i:nth-child(4){height:100%}"
+    ".s1 i:nth-child(-n+1),.s2 i:nth-child(-n+2),.s3 i:nth-child(-n+3),.s4 i{background:#2a7}"
+    ".k{display:inline-block;position:relative;width:.6em;height:.45em;margin:.3em .1em 0;"
+    "background:#666;border-radius:1px}.k:before{content:'';position:absolute;left:.1em;"
+    "bottom:100%;width:.24em;height:.22em;border:.08em solid #666;border-bottom:0;"
+    "border-radius:.2em .2em 0 0}"
+    "label{display:block;margin-top:.5em}label.c{display:flex;gap:.4em;align-items:center}"
+    "label.c input{width:auto}.ok{color:#070}.err{color:#b00}"
+    "</style><script>function p(b){document.f.ssid.value=b.value;"
+    "for(const e of document.querySelectorAll('.net'))e.classList.toggle('on',e==b);"
+    "document.f.key.focus()}</script></head><body><h1>Wi-Fi set-up</h1>"
 )
 _FORM = (
-    "<form name=f method=post action='/'>"
-    "<label>Network<input name=ssid id=ssid maxlength=32 required></label>"
+    "<label>Network<input name=ssid id=ssid maxlength=32 required value='{}'></label>"
     "<label>Key<input name=key id=key type=password maxlength=64></label>"
-    "<button id=join>Join</button></form>"
+    "<label class=c><input type=checkbox id=show "
+    "onclick=\"document.f.key.type=this.checked?'text':'password'\">Show key</label>"
+    "<button id=join>Join</button></form></body></html>"
 )
-_PICK = "<li><button type=button class=net onclick='document.f.ssid.value=this.value' value='"
+# Security as people name it, by the ESP32's authmode number (network.AUTH_*: OPEN, WEP,
+# WPA_PSK, WPA2_PSK, WPA_WPA2_PSK, WPA2_ENTERPRISE, WPA3_PSK, WPA2_WPA3_PSK, WAPI_PSK, OWE).
+_SECURITY = (
+    "Open",
+    "WEP",
+    "WPA",
+    "WPA2",
+    "WPA/WPA2",
+    "WPA2 Enterprise",
+    "WPA3",
+    "WPA2/WPA3",
+    "WAPI",
+    "Enhanced Open",
+)
+_UNLOCKED = (0, 9)  # no key to type: open, and OWE (encrypted, keyless)
+
+
+# 1..4 bars for a signal strength in dBm.
+def bars(rssi):
+    return 4 if rssi >= -55 else 3 if rssi >= -67 else 2 if rssi >= -78 else 1
+
+
+def security(auth):
+    return _SECURITY[auth] if 0 <= auth < len(_SECURITY) else "Secured"
 
 
 def ap_ssid():
@@ -164,7 +195,7 @@ class Server:
     def __init__(self):
         self.slots = [_Slot() for _ in range(_SLOTS)]
         self.srv = None  # the asyncio server
-        self.nets = []  # (ssid, rssi, auth name) of the last scan, strongest first
+        self.nets = []  # (ssid, rssi, authmode) of the last scan, strongest first
         self.scanned = None  # ticks of the last scan
         self.joining = False
         self.done = False  # a network was joined
@@ -282,17 +313,22 @@ class Server:
         path, _, query = parts[1].partition(b"?")
         return parts[0], path, query, ctype, body
 
+    # body: text, or pieces of text (a generator: sent one by one, the end of the body is
+    # the end of the connection, so the whole never needs to be in RAM at once).
     async def _send(self, writer, status, ctype, body):
-        if isinstance(body, str):
-            body = body.encode()
+        whole = isinstance(body, str)
         writer.write(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}; charset=utf-8\r\nContent-Length: {}\r\n"
+            "HTTP/1.1 {} {}\r\nContent-Type: {}; charset=utf-8\r\n{}"
             "Cache-Control: no-store\r\nConnection: close\r\n\r\n".format(
-                status, _REASONS[status], ctype, len(body)
+                status,
+                _REASONS[status],
+                ctype,
+                "Content-Length: {}\r\n".format(len(body.encode())) if whole else "",
             )
         )
-        writer.write(body)
-        await writer.drain()
+        for piece in (body,) if whole else body:
+            writer.write(piece)
+            await writer.drain()
 
     # ----- what the server says
 
@@ -302,7 +338,7 @@ class Server:
             if method == b"GET":
                 if query == b"rescan=1" or self.scanned is None:
                     self.scan()
-                return 200, "text/html", self.page(None, None)
+                return 200, "text/html", self.page(None, None, "")
             if method == b"POST":
                 ssid = key = ""
                 for field in body.split(b"&"):
@@ -313,16 +349,16 @@ class Server:
                         key = _unquote(v)
                 cred = _credentials(ssid, key)
                 if cred is None:
-                    return 200, "text/html", self.page(False, "the network name is missing")
+                    return 200, "text/html", self.page(False, "the network name is missing", "")
                 err = await self.join(*cred)
                 if err is None:
-                    return 200, "text/html", self.page(True, ssid)
-                return 200, "text/html", self.page(False, "{}: {}".format(ssid, err))
+                    return 200, "text/html", self.page(True, ssid, ssid)
+                return 200, "text/html", self.page(False, "{}: {}".format(ssid, err), ssid)
             raise _Bad(405)
         if path == b"/networks":
             if method != b"GET":
                 raise _Bad(405)
-            nets = [{"ssid": s, "rssi": r, "auth": a} for s, r, a in self.nets]
+            nets = [{"ssid": s, "rssi": r, "auth": wifi.auth_name(a)} for s, r, a in self.nets]
             return 200, "application/json", json.dumps(nets)
         if path == b"/provision":
             if method != b"POST":
@@ -339,28 +375,40 @@ class Server:
             return 200, "application/json", json.dumps(res)
         raise _Bad(404)
 
-    # The set-up page: ok None (no attempt yet), True (msg = the SSID joined) or False (msg =
-    # what went wrong).
-    def page(self, ok, msg):
-        out = [_HEAD]
+    # The set-up page, as pieces of text: ok None (no attempt yet), True (msg = the SSID
+    # joined) or False (msg = what went wrong); chosen: the SSID to show picked in the form.
+    def page(self, ok, msg, chosen):
+        yield _HEAD
+        yield "<p id=dev>{} &middot; MAC {}</p>".format(
+            _html(btid.name()), wifi.mac_text(wifi.station.wlan.config("mac")).upper()
+        )
         if ok:
-            out.append(
+            yield (
                 "<p id=result class=ok>Connected to <b>{}</b>. "
                 "This set-up network now closes.</p></body></html>".format(_html(msg))
             )
-            return "".join(out)
+            return
         if ok is not None:
-            out.append("<p id=result class=err>Could not connect: {}.</p>".format(_html(msg)))
-        out.append("<h2>Networks</h2><ul id=nets>")
+            yield "<p id=result class=err>Could not connect: {}.</p>".format(_html(msg))
+        yield "<form name=f method=post action='/'><h2>Networks</h2><ul id=nets>"
         for ssid, rssi, auth in self.nets:
             e = _html(ssid)
-            out.append(
-                "{}{}'>{} <small>{} dBm {}</small></button></li>".format(_PICK, e, e, rssi, auth)
+            yield (
+                "<li><button type=button class='net{}' onclick=p(this) value='{}'>"
+                "<span class=n>{}</span><small>{}</small>{}"
+                "<b class='g s{}' title='{} dBm'><i></i><i></i><i></i><i></i></b>"
+                "</button></li>".format(
+                    " on" if ssid == chosen else "",
+                    e,
+                    e,
+                    security(auth),
+                    "" if auth in _UNLOCKED else "<i class=k title='needs a key'></i>",
+                    bars(rssi),
+                    rssi,
+                )
             )
-        out.append("</ul><p><a href='/?rescan=1'>Scan again</a></p>")
-        out.append(_FORM)
-        out.append("</body></html>")
-        return "".join(out)
+        yield "</ul><p><a href='/?rescan=1'>Scan again</a></p>"
+        yield _FORM.format(_html(chosen))
 
     # ----- the radio
 
@@ -383,7 +431,7 @@ class Server:
             if ssid and ssid not in seen and len(nets) < _NETS_MAX:
                 seen.add(ssid)
                 try:
-                    nets.append((ssid.decode(), rssi, wifi.auth_name(auth)))
+                    nets.append((ssid.decode(), rssi, auth))
                 except UnicodeError:
                     pass  # an SSID that is not UTF-8 cannot be typed in the form either
         self.nets = nets
@@ -439,6 +487,11 @@ _closing = None  # the asyncio server of the last run, until its socket is close
 
 def running():
     return _server is not None
+
+
+# Provisioning is off (registry.py may release this module).
+def idle():
+    return _server is None
 
 
 # Open the set-up AP and its web server (AT+SMARTSTART=5). Raises at.AtError when the

@@ -1,5 +1,12 @@
 # The AT engine: reads the UART, frames command lines and data phases, dispatches commands,
 # and writes every byte that goes out (the one writer: no other code calls uart.write).
+#
+# Event order (README, "event order"): no event byte goes out between the first byte of a
+# command line and that command's final result, nor between a ">" and the end of its data
+# phase, nor in transparent mode. Events posted as `caused` by the command being answered are
+# part of its response, written just before its final result. Others wait until the line is
+# free: no response open, no partial line (bounded: _PARTIAL_MS of silence after its last
+# byte frees the line), no unread input.
 import asyncio
 import gc
 
@@ -10,25 +17,35 @@ from firmware.aio import readable
 from firmware.at import AtError
 
 LINE_MAX = const(1024)  # longest command line; a longer one is answered ERROR
-DATA_MAX = const(4096)  # longest data phase (CIPSEND, MQTTSEND, a certificate)
+DATA_MAX = const(4096)  # longest buffered data phase (CIPSEND, MQTTSEND...)
 _CHUNK = const(512)  # UART read size
 _DATA_IDLE_MS = const(5000)  # a data phase that receives nothing this long fails
-_HELD_MAX = const(16)  # events held while a response is open; the oldest is dropped
+_PARTIAL_MS = const(1000)  # a partial line holds events this long after its last byte
+_HELD_MAX = const(16)  # text events waiting for the line; beyond, the oldest is dropped
+_BS = const(0x08)
+_DEL = const(0x7F)
 
 _OK = b"\r\nOK\r\n"
 _ERROR = b"\r\nERROR\r\n"
 _CRLF = b"\r\n"
+_RUBOUT = b"\x08 \x08"
 
 
 # What a handler returns to take the bytes that follow its line: exactly `length` bytes, or,
-# with `end`, every byte up to that one (not included; DATA_MAX at most). The engine writes
-# the prompt, collects the data, then calls done(data) with a memoryview that is valid only
+# with `end`, every byte up to that one (not included). The engine writes the prompt and
+# collects the data (DATA_MAX at most), then calls done(data) with a memoryview valid only
 # during the call; done returns the response like a handler (it may be a coroutine).
+# Streaming form, for data larger than RAM allows: with `sink` (an object with write(mv) and
+# abort()), each piece goes to sink.write as it arrives and done(None) ends the phase;
+# abort() is called instead when the phase fails. A phase that fails part-way (too long, a
+# sink error) is still read up to its end and answered once.
 class DataPhase:
-    def __init__(self, length, done, end=None):
+    def __init__(self, length, done, end=None, sink=None):
         self.length = length
         self.done = done
         self.end = end
+        self.sink = sink
+        self.error = None  # what failed the phase part-way (it is still read to its end)
 
 
 class Serial:
@@ -41,40 +58,56 @@ class Serial:
         self._line = memoryview(bytearray(LINE_MAX))
         self._len = 0  # bytes of the current line in _line
         self._overflow = False  # the current line is too long: discard it up to its end
+        self._typing = False  # bytes of an incomplete line came in the last _PARTIAL_MS
         self._data = memoryview(bytearray(DATA_MAX))
         self._phase = None  # the DataPhase being received, or None in command mode
         self._got = 0  # bytes of the data phase received so far
-        self._open = False  # a response is open: events wait in _held
-        self._held = []
-        self._idle = asyncio.Event()  # set while no response is open
-        self._idle.set()
+        self._open = False  # a response is open
+        self._doing = ""  # what is being done, for error reasons; None: the command in _line
+        self._cmd = 0  # length of that command in _line
+        self._held = []  # text events waiting for the line to be free
+        self._caused = []  # text events the open command caused: before its result
+        self._free = asyncio.Event()  # set while the line is free for events
+        self._task = None  # the engine's own task
         self._after = None  # called once the current response is out (reboot)
         self.replied = asyncio.Event()  # set by the first OK: this firmware works (OTA)
         self.last_error = (0, "")
         self.sink = None  # transparent mode: where UART frames go (an object with write/close)
         self._quiet = False  # transparent mode: the line was idle before the current frame
 
-    # Read and act on the UART forever.
+    # Read and act on the UART forever. A MemoryError never ends it: the module keeps
+    # answering (the engine's own buffers are all allocated above).
     async def run(self):
+        self._task = asyncio.current_task()
         mv = self._rxmv
         while True:
-            n = await self._read()
-            i = 0
-            while i < n:
-                if self.sink is not None:
-                    i = await self._take_frame(mv, i, n)
-                elif self._phase is None:
-                    i = await self._take_line(mv, i, n)
-                else:
-                    i = await self._take_data(mv, i, n)
+            try:
+                n = await self._read()
+                i = 0
+                while i < n:
+                    if self.sink is not None:
+                        i = await self._take_frame(mv, i, n)
+                    elif self._phase is None:
+                        i = await self._take_line(mv, i, n)
+                    else:
+                        i = await self._take_data(mv, i, n)
+            except MemoryError:
+                self.out_of_memory("reading the UART")
 
     # Bytes into _rx. A data phase gives up after _DATA_IDLE_MS of silence; transparent mode
-    # cuts a frame after the AT+UARTFOMAT idle time. Only the wait is timed, never the read.
+    # cuts a frame after the AT+UARTFOMAT idle time; a partial line frees the line for events
+    # after _PARTIAL_MS. Only the wait is timed, never the read.
     async def _read(self):
+        n = self._uart.readinto(self._rx)  # what is there already (the next pipelined line?)
+        if n:
+            return n
+        self._release()
         if self.sink is not None:
             timeout = self._settings["uartfomat"][1]
         elif self._phase is not None:
             timeout = _DATA_IDLE_MS
+        elif self._typing:
+            timeout = _PARTIAL_MS
         else:
             timeout = 0
         try:
@@ -85,13 +118,16 @@ class Serial:
         except asyncio.TimeoutError:
             if self.sink is not None:
                 await self._frame_idle()
-            else:
+            elif self._phase is not None:
                 self._data_timeout()
+            else:
+                self._typing = False  # the line stays, but no longer holds events
             return 0
         return self._uart.readinto(self._rx) or 0
 
     # Command mode: add rx[i:n] to the line up to its terminator (\r or \n); echo what is
-    # taken as it arrives. Returns the index after what was taken.
+    # taken as it arrives; Backspace and DEL delete the last character. Returns the index
+    # after what was taken.
     async def _take_line(self, mv, i, n):
         rx = self._rx
         end = rx.find(b"\r", i, n)
@@ -99,28 +135,56 @@ class Serial:
         if end < 0 or 0 <= lf < end:
             end = lf
         stop = n if end < 0 else end + 1
-        if self._settings["echo"]:
-            self._uart.write(mv[i:stop])
-        k = (n if end < 0 else end) - i
-        if k:
-            if self._len + k > LINE_MAX:
-                self._overflow = True
-            elif not self._overflow:
-                self._line[self._len : self._len + k] = mv[i : i + k]
-                self._len += k
-        if end >= 0:
-            length = self._len
-            self._len = 0
-            if self._overflow:
-                self._overflow = False
-                self._begin()
-                self._fail(AtError(at.E_SYNTAX, "line longer than {}".format(LINE_MAX)))
-            elif length:  # empty lines are ignored
-                await self._dispatch(bytes(self._line[:length]))
+        text_end = n if end < 0 else end
+        echo = self._settings["echo"]
+        j = i
+        while j < text_end:  # once per Backspace, not per byte
+            bs = rx.find(b"\x08", j, text_end)
+            de = rx.find(b"\x7f", j, text_end)
+            if bs < 0 or 0 <= de < bs:
+                bs = de
+            k = text_end if bs < 0 else bs
+            self._add(mv, j, k, echo)
+            if bs < 0:
+                break
+            if self._len and not self._overflow:
+                self._len -= 1
+                if echo:
+                    self._uart.write(_RUBOUT)
+            j = bs + 1
+        if end < 0:
+            return stop
+        if echo:
+            self._uart.write(mv[end:stop])
+        length = self._len
+        self._len = 0
+        self._typing = False
+        if self._overflow:
+            self._overflow = False
+            self._begin("reading a command line")
+            self._fail(AtError(at.E_SYNTAX, "line longer than {}".format(LINE_MAX)))
+        elif length:  # empty lines are ignored
+            self._cmd = length
+            await self._dispatch(bytes(self._line[:length]))
         return stop
 
+    # Text of the line (no terminator, no Backspace) into _line, echoed.
+    def _add(self, mv, i, j, echo):
+        k = j - i
+        if not k:
+            return
+        if echo:
+            self._uart.write(mv[i:j])
+        self._hold()
+        self._typing = True
+        if self._len + k > LINE_MAX:
+            self._overflow = True
+        elif not self._overflow:
+            self._line[self._len : self._len + k] = mv[i:j]
+            self._len += k
+
     async def _dispatch(self, line):
-        self._begin()
+        self._begin(None)
         try:
             name, op, params = at.parse(line)
             row = self._table.get(name)
@@ -133,7 +197,7 @@ class Serial:
             if hasattr(res, "send"):  # a coroutine handler
                 res = await res
             if isinstance(res, DataPhase):
-                if res.end is None and not 0 < res.length <= DATA_MAX:
+                if res.end is None and res.sink is None and not 0 < res.length <= DATA_MAX:
                     raise AtError(at.E_PARAM, "data length must be 1..{}".format(DATA_MAX))
                 self._phase = res
                 self._got = 0
@@ -143,7 +207,7 @@ class Serial:
         except Exception as e:
             self._fail(e)
 
-    # Data phase: take rx[i:n] into the data buffer. Returns the index after what was taken.
+    # Data phase: take rx[i:n]. Returns the index after what was taken.
     async def _take_data(self, mv, i, n):
         ph = self._phase
         got = self._got
@@ -156,20 +220,30 @@ class Serial:
             done = j >= 0
             k = (j if done else n) - i
             stop = j + 1 if done else n
-            if got + k > DATA_MAX:
-                self._phase = None
-                self._fail(AtError(at.E_PARAM, "data longer than {}".format(DATA_MAX)))
-                return stop
-        self._data[got : got + k] = mv[i : i + k]
+        if ph.error is None and k:
+            try:
+                if ph.sink is not None:
+                    ph.sink.write(mv[i : i + k])
+                elif got + k > DATA_MAX:
+                    raise AtError(at.E_PARAM, "data longer than {}".format(DATA_MAX))
+                else:
+                    self._data[got : got + k] = mv[i : i + k]
+            except Exception as e:  # read on to the end of the data, then answer once
+                ph.error = e
         self._got = got + k
         if done:
             self._phase = None
             try:
-                res = ph.done(self._data[: self._got])
+                if ph.error is not None:
+                    raise ph.error
+                data = None if ph.sink is not None else self._data[: self._got]
+                res = ph.done(data)
                 if hasattr(res, "send"):
                     res = await res
                 self._finish(res)
             except Exception as e:
+                if ph.sink is not None:
+                    ph.sink.abort()
                 self._fail(e)
         return stop
 
@@ -207,26 +281,38 @@ class Serial:
         self.sink = sink
         self._got = 0
         self._quiet = True
-        self._open = True  # events wait (and, beyond _HELD_MAX, are dropped) meanwhile
-        self._idle.clear()
-
-    # Bytes from the transparent link to the host, as they are.
-    def raw(self, data):
-        self._uart.write(data)
+        self._hold()  # events wait (and, beyond _HELD_MAX, are dropped) meanwhile
 
     def _data_timeout(self):
         ph = self._phase
         self._phase = None
+        if ph.sink is not None:
+            ph.sink.abort()
         want = "terminator" if ph.end is not None else "{} bytes".format(ph.length)
         self._fail(AtError(at.E_TIMEOUT, "data phase: got {}, wanted {}".format(self._got, want)))
 
-    def _begin(self):
+    def _begin(self, doing):
         self._open = True
-        self._idle.clear()
+        self._doing = doing
+        self._hold()
+
+    def _hold(self):
+        self._free.clear()
+
+    # Free the line for events when nothing holds it (called when no input waits to be read:
+    # it could be the next command of a pipelining host): the held ones first, then the rest.
+    def _release(self):
+        if self._open or self._typing or self.sink is not None or self._phase is not None:
+            return
+        held = self._held
+        while held:
+            self._write_event(held.pop(0))
+        self._free.set()
 
     # Write a handler's response (None, one line, or a list of lines) and OK. The writer
     # paths allocate nothing (host_tests/vm/test_engine_heap.py runs them under heap_lock).
     def _finish(self, res):
+        self._write_caused()
         u = self._uart
         if isinstance(res, str) or isinstance(res, bytes):
             u.write(_CRLF)
@@ -245,12 +331,12 @@ class Serial:
         if isinstance(e, AtError):
             err = (e.code, e.detail)
         elif isinstance(e, MemoryError):
-            gc.collect()
-            err = (at.E_INTERNAL, "out of memory")
+            err = self._oom(self._doing)  # None: the command
         else:
-            log.exc(e, "handler")
+            log.exc(e, self._what())
             err = (at.E_INTERNAL, repr(e))
         self.last_error = err
+        self._write_caused()
         u = self._uart
         if self._settings["verbose_errors"]:
             u.write(_CRLF)
@@ -259,33 +345,66 @@ class Serial:
         u.write(_ERROR)
         self._end()
 
+    def _write_caused(self):
+        caused = self._caused
+        while caused:
+            self._write_event(caused.pop(0))
+
+    # What is being done: "AT+CIPSTART" for a command (its name, made only when needed).
+    def _what(self):
+        if self._doing is not None:
+            return self._doing
+        line = bytes(self._line[: self._cmd])
+        for c in b"=?":
+            i = line.find(bytes((c,)))
+            if i > 0:
+                line = line[:i]
+        return line.decode()
+
     def _end(self):
         self._open = False
-        held = self._held
-        while held:
-            self._write_event(held.pop(0))
-        self._idle.set()
         if self._after is not None:
             after = self._after
             self._after = None
             after()
 
+    # A MemoryError outside a command (a task, the reader): logged, and AT+ERRNO tells it.
+    def out_of_memory(self, doing):
+        self.last_error = self._oom(doing)
+
+    def _oom(self, doing):
+        gc.collect()
+        if doing is None:
+            doing = self._what()
+        log.warn("out of memory while {} ({} bytes free)".format(doing, gc.mem_free()))
+        return (at.E_INTERNAL, "out of memory while " + doing)
+
     # Call fn once the current response has gone out (AT+REBOOT, AT+FACTORY, AT+STANDBY).
     def after_reply(self, fn):
         self._after = fn
 
+    # Wait until the UART has sent what was written (before a reset). A host holding CTS makes
+    # UART.flush() raise OSError(ETIMEDOUT): the caller goes on all the same.
     def flush(self):
-        self._uart.flush()
+        try:
+            self._uart.flush()
+        except OSError as e:
+            log.info("uart: flush: {!r}".format(e))
 
-    # Send an event line ("+WEVENT:STATION_UP"), now if no response is open, else right after
-    # the final result of the open one.
-    def event(self, text):
-        if not self._open:
+    # Post a text event ("+WEVENT:STATION_UP"): it goes out now if the line is free, else as
+    # soon as it is free. `caused`: the command being answered caused it and its driver must
+    # not meet it after the final result (a UDP link bound by AT+CIPSTART: the host sends
+    # AT+CIPSEND next and takes the first byte for ">"): it goes out before the final result.
+    # Outcomes a driver waits for after OK (PUBLISH,SUCCESS...) are not `caused`.
+    def event(self, text, caused=False):
+        if self._free.is_set():
             self._write_event(text)
             return
-        if len(self._held) >= _HELD_MAX:
-            log.warn("event dropped while a response was open: {}".format(self._held.pop(0)))
-        self._held.append(text)
+        mine = caused and self._open and asyncio.current_task() is self._task
+        queue = self._caused if mine else self._held
+        if len(queue) >= _HELD_MAX:
+            log.warn("event dropped while the line was busy: {}".format(queue.pop(0)))
+        queue.append(text)
 
     def _write_event(self, text):
         u = self._uart
@@ -293,19 +412,38 @@ class Serial:
         u.write(text)
         u.write(_CRLF)
 
-    # Wait until no response is open, for writers of large events (received data), which
-    # must not be held in memory: call push() right after, without awaiting in between.
-    async def until_idle(self):
-        while self._open:
-            await self._idle.wait()
+    # The one way to write an event whose data is read at the last moment (received
+    # socket, MQTT and BT data): wait until the line is free (at once in transparent mode
+    # for `source`, the transparent sink that produces the data), then call produce(), which
+    # returns None (nothing to write), (header, data), or a list of them (MQTT's held
+    # messages). The engine writes "\r\n<header><data>\r\n", or data alone when header is
+    # None or in transparent mode, with no await between produce() and the write. Returns what
+    # produce() returned.
+    async def send(self, produce, source=None):
+        while not (source is not None and self.sink is source):
+            if self._free.is_set():
+                break
+            await self._free.wait()
+        item = produce()
+        if type(item) is list:
+            for one in item:
+                self._send_one(one, source)
+        elif item is not None:
+            self._send_one(item, source)
+        return item
 
-    # An event with a binary payload: header, then the data as is, then \r\n.
-    def push(self, header, data):
+    def _send_one(self, item, source):
+        head, data = item
+        if not data:
+            return
         u = self._uart
-        u.write(_CRLF)
-        u.write(header)
-        u.write(data)
-        u.write(_CRLF)
+        if head is None or (source is not None and self.sink is source):
+            u.write(data)
+        else:
+            u.write(_CRLF)
+            u.write(head)
+            u.write(data)
+            u.write(_CRLF)
 
 
 def error_line(err):

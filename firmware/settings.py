@@ -3,34 +3,10 @@ import json
 import os
 
 from firmware import log
+from firmware.schema import DEFAULTS, valid
 
 DIR = "data"  # everything the module stores; AT+FACTORY removes it
 _FILE = "data/settings.json"
-
-# Factory defaults. The type of each default is also the type a stored value must have;
-# a stored value of another type is ignored (with a log line) and the default used.
-# Later command groups add their keys with defaults().
-DEFAULTS = {
-    "flashlock": False,
-    "echo": True,  # AT+UARTE
-    "wevent": True,
-    "cipevent": True,
-    "verbose_errors": False,  # AT+ERRVERBOSE (extension)
-    "hide_secrets": False,  # AT+SECRETS (extension)
-    "uart": [115200, 8, 1, "NONE", "NONE"],  # baud, data bits, stop bits, parity, flow
-    "uartfomat": [1024, 100],  # transparent-mode frame length (bytes) and idle time (ms)
-}
-
-
-current = None  # the loaded Settings
-
-
-# Register the factory defaults of a feature. A feature module may be imported after the
-# settings were loaded (command groups load on first use): its stored values are checked now.
-def defaults(d):
-    DEFAULTS.update(d)
-    if current is not None:
-        current.adopt(d)
 
 
 class Settings:
@@ -41,15 +17,9 @@ class Settings:
     def __getitem__(self, key):
         return self._live[key]
 
-    # A value that may belong to a feature not loaded yet (as stored, unchecked).
-    def get(self, key, default=None):
-        return self._live.get(key, default)
-
-    # Read the file; a missing, unreadable or corrupt file means factory defaults. Values
-    # of features not loaded yet are kept as stored (so a save does not lose them) until the
-    # feature registers its defaults.
+    # Read the file; a missing, unreadable or corrupt file means factory defaults. Each value
+    # is checked against the schema (firmware/schema.py); keys it does not list are dropped.
     def load(self):
-        global current
         stored = {}
         try:
             with open(_FILE) as f:
@@ -61,19 +31,15 @@ class Settings:
         except Exception as e:  # ValueError from json, or a truncated file
             log.warn("settings: corrupt file ignored, factory defaults used: {!r}".format(e))
             stored = {}
-        self._live = stored
-        self.adopt(DEFAULTS)
-        self._flash = dict(self._live)
-        current = self
-
-    def adopt(self, defaults):
-        live = self._live
-        for key, default in defaults.items():
-            v = live.get(key, default)
-            if type(v) is not type(default):
+        live = {}
+        for key, default in DEFAULTS.items():
+            v = stored.get(key, default)
+            if not valid(key, v):
                 log.warn("settings: bad value for {} ignored".format(key))
                 v = default
             live[key] = v
+        self._live = live
+        self._flash = dict(live)
 
     # Change a setting; it goes to flash at once unless FLASHLOCK is ON.
     def set(self, key, value):

@@ -10,6 +10,9 @@
 # AT+RTCGET both show it in the zone of AT+SNTPCFG, as it is when they are asked: changing the
 # zone changes what AT+RTCGET shows at once.
 #
+# firmware/app.py's housekeeping calls sync() by itself once the station is up: TLS needs the
+# date.
+#
 # Blocking spot: DNS (getaddrinfo) once per server asked, instant for an IP address; on the
 # board lwIP's resolver may take a few seconds for a name that does not answer.
 import asyncio
@@ -21,7 +24,7 @@ import time
 import machine
 from micropython import const
 
-from firmware import at, ctx, settings, wifi
+from firmware import at, ctx, wifi
 from firmware.aio import readable
 
 _PORT = const(123)
@@ -32,13 +35,6 @@ _NTP_1970 = 2208988800  # seconds from 1900-01-01 to 1970-01-01 (too big for con
 # in 2026, so a timestamp before 2024-01-01 (NTP 3913056000) must be of era 1: add 2^32
 # (as micropython-lib's ntptime does). Good until 2160.
 _NTP_MIN = 3913056000
-
-settings.defaults(
-    {
-        "sntp_zone": 0,  # minutes east of UTC (factory default: UTC)
-        "sntp_servers": ["pool.ntp.org", "time.google.com"],  # "" = none; "host:port" allowed
-    }
-)
 
 
 # Days since 1970-01-01 of a proleptic Gregorian date, and back (H. Hinnant's civil algorithms).

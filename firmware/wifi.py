@@ -5,17 +5,13 @@ import asyncio
 import network
 from micropython import const
 
-from firmware import ctx, events, settings
+from firmware import ctx, events
+from firmware.wifi_reasons import ERR_NO_SSID, ERR_PASSWORD, ERR_UNKNOWN, join_error
 
 # Station states, as AT+WJAPS names them.
 DOWN = "STATION_DOWN"
 CONNECTING = "CONNECTING"
 UP = "STATION_UP"
-
-# Failure codes of AT+WJAPS.
-ERR_UNKNOWN = const(0)
-ERR_PASSWORD = const(1)
-ERR_NO_SSID = const(2)
 
 _JOIN_TIMEOUT_MS = const(20000)  # drivers wait up to 20 s for STATION_UP (wire notes)
 _POLL_MS = const(100)  # status polling while joining
@@ -25,27 +21,6 @@ _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(30000)
 _NO_ADDR = ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
 
-settings.defaults(
-    {
-        "sta": ["", ""],  # stored SSID and key ("" = none)
-        "sta_on": False,  # join the stored AP at start (cleared by AT+WJAPQ)
-        "dhcp": True,
-        "sta_ip": list(_NO_ADDR),  # static address, mask, gateway, DNS (AT+WJAPIP)
-        "ap": ["", ""],  # soft AP SSID and key
-        "ap_on": False,  # start the soft AP at start (cleared by AT+WSAPQ)
-        "ap_ip": ["192.168.4.1", "255.255.255.0", "192.168.4.1"],
-        "scanopt": 0,
-    }
-)
-
-# Station status codes that end an attempt, and their AT+WJAPS failure code.
-_FAILURES = {
-    network.STAT_WRONG_PASSWORD: ERR_PASSWORD,
-    network.STAT_NO_AP_FOUND: ERR_NO_SSID,
-    network.STAT_ASSOC_FAIL: ERR_UNKNOWN,
-    network.STAT_HANDSHAKE_TIMEOUT: ERR_UNKNOWN,
-    network.STAT_BEACON_TIMEOUT: ERR_UNKNOWN,
-}
 
 _AUTH_NAMES = {
     network.AUTH_OPEN: "OPEN",
@@ -120,7 +95,10 @@ class Station:
         if ctx.settings["dhcp"]:
             w.ipconfig(dhcp4=True)
         else:
-            w.ifconfig(tuple(ctx.settings["sta_ip"]))
+            ip, mask, gw, dns = ctx.settings["sta_ip"]
+            w.ipconfig(addr4=(ip, mask), gw4=gw)
+            if dns != _NO_ADDR[0]:  # esp-netif refuses 0.0.0.0 as a DNS server
+                network.ipconfig(dns=dns)
         self.state = CONNECTING
         try:
             w.connect(ssid, key or None)
@@ -136,13 +114,14 @@ class Station:
             if w.isconnected():
                 return True
             status = w.status()
-            if status in _FAILURES and (status != stale or waited >= _STALE_MS):
+            error = join_error(status)
+            if error is not None and (status != stale or waited >= _STALE_MS):
                 break
             await asyncio.sleep_ms(_POLL_MS)
             waited += _POLL_MS
         else:
-            status = None
-        self.error = _FAILURES.get(status, ERR_UNKNOWN)
+            error = ERR_UNKNOWN
+        self.error = error
         w.disconnect()
         return False
 
@@ -182,10 +161,12 @@ class SoftAP:
         self.apply_ip()
         events.emit("WEVENT", "AP_UP")
 
+    # The soft AP's address. Its DNS is the one its DHCP server offers to phones, not the
+    # resolver the station uses (esp-netif keeps them apart).
     def apply_ip(self):
         if self.wlan.active():
             ip, mask, gw = ctx.settings["ap_ip"]
-            self.wlan.ifconfig((ip, mask, gw, gw))
+            self.wlan.ifconfig((ip, mask, gw, ip))
 
     def stop(self):
         if self.wlan.active():

@@ -14,7 +14,7 @@ Two kinds of client reach it on 127.0.0.1:
 Frames, both ways: u16 big-endian length of what follows, u8 op, payload.
 Firmware -> bridge:
   ACTIVE     addr[6] on[1]               -> reply R_ACTIVE
-  CONFIG     JSON {gap_name, mtu, bond, mitm, io, le_secure}
+  CONFIG     JSON {gap_name, mtu, bond, mitm, io, le_secure}   (gap_name: the GAP Device Name)
   ADV        JSON {interval_us (null: stop), adv, resp (hex), connectable}
   REGISTER   JSON [[svc_uuid, [[uuid, flags, [[desc_uuid, flags]...]]...]]...] -> R_REGISTER
   NOTIFY     conn u16, handle u16, indicate u8, data
@@ -48,7 +48,7 @@ from typing import Any
 from bumble import att, core, hci, ll
 from bumble.controller import Controller
 from bumble.device import AdvertisingType, Connection, Device
-from bumble.gatt import Characteristic, Descriptor, Service
+from bumble.gatt import GATT_DEVICE_NAME_CHARACTERISTIC, Characteristic, Descriptor, Service
 from bumble.host import Host
 from bumble.keys import KeyStore, PairingKeys
 from bumble.link import LocalLink
@@ -345,6 +345,7 @@ class FirmwareSession:
             self.cfg.update(json.loads(p))
             if self.device is not None:
                 self.device.gatt_server.max_mtu = max(23, int(self.cfg["mtu"]))
+                self.name_device(self.device)
         elif op == ADV:
             await self.advertise(json.loads(p))
         elif op == REGISTER:
@@ -402,7 +403,8 @@ class FirmwareSession:
         address = hci.Address(text, hci.Address.PUBLIC_DEVICE_ADDRESS)
         self.controller = Controller("module", link=self.bridge.link, public_address=address)
         host = Host(self.controller, AsyncPipeSink(self.controller))
-        dev = Device(name=self.cfg.get("gap_name") or "MPY", address=address, host=host)
+        dev = Device(address=address, host=host)
+        self.name_device(dev)
         dev.keystore = FirmwareKeyStore(self)
         dev.gatt_server.max_mtu = max(23, int(self.cfg["mtu"]))
         dev.pairing_config_factory = lambda c: PairingConfig(
@@ -414,6 +416,14 @@ class FirmwareSession:
         dev.on(dev.EVENT_CONNECTION, self.on_connection)
         self.device = dev
         await dev.power_on()
+
+    # config(gap_name=...): NimBLE's GAP service Device Name (ble_svc_gap_device_name_set),
+    # what a phone reads from 0x2A00; the ESP32 build's default is "MPY ESP32".
+    def name_device(self, dev: Device) -> None:
+        dev.name = self.cfg.get("gap_name") or "MPY ESP32"
+        for a in dev.gatt_server.attributes:
+            if isinstance(a, Characteristic) and a.uuid == GATT_DEVICE_NAME_CHARACTERISTIC:
+                a.value = dev.name.encode()
 
     async def advertise(self, a: dict[str, Any]) -> None:
         dev = self.device

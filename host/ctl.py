@@ -4,6 +4,8 @@
                        ap SSID key=value... | ap SSID --remove
 
 Values in key=value are JSON when they parse as JSON (rssi=-60, hidden=true), else strings.
+The launcher checks every change against the world's schema (host/WORLD.md) and refuses what
+does not fit it, with the reason (exit status 1).
 """
 
 from __future__ import annotations
@@ -58,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
                 p.error("ap settings are key=value")
             req["set"] = {k: value(v) for k, _, v in pairs}
     reply = request(port, req)
+    if not reply.get("ok"):
+        print(f"refused: {reply.get('error')}", file=sys.stderr)
+        return 1
     print(json.dumps(reply, indent=2))
-    return 0 if reply.get("ok") else 1
+    return 0
 
 
 if __name__ == "__main__":

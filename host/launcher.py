@@ -13,19 +13,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 import tty
 from pathlib import Path
 from typing import Any
 
+from host import ntpd
 from host.mpycache import compile_tree, mpy_cross_binary
 from host.pacer import Pacer
+from host.worldschema import WorldError, check_ap, check_world
 
 log = logging.getLogger("launcher")
 
@@ -42,14 +46,29 @@ EXIT_LINK = 6  # the UART connection to the launcher was lost
 CRASH_WINDOW = 10.0  # crash-loop back-off: this many crashes within this many seconds...
 CRASH_COUNT = 5
 CRASH_PAUSE = 2.0  # ...wait this long before the next start
-PTY_STALL = 2.0  # drop output when nobody has read the pty for this long (nothing listening)
+WAKE_WAIT = 10.0  # the wake op answers once the firmware runs again, or after this long
+
+SOFT_AP = "192.168.4.1"  # the soft AP's factory address, where AT+SMARTSTART=5 serves its page
+SNTP_SERVERS = ("pool.ntp.org", "time.google.com")  # the firmware's factory AT+SNTPCFG servers
+# The host side of the UART is the pty: its buffer is the host's receive buffer, and a host
+# that does not read lets it fill. With CTS flow control (AT+UART=...,CTS or CTSRTS) a full pty
+# deasserts CTS: the launcher stops taking the firmware's output, so its UART writes block, as a
+# board's do. Without it the wire loses what the host's buffer cannot hold: those bytes are
+# dropped, counted (status "dropped") and logged. Paced, the pty holds what a host's buffer
+# would; unpaced the link has no baud rate, so a host gets PTY_STALL to catch up first.
+PTY_STALL = 2.0
+UART_CTS = 2  # machine.UART.CTS in the "uart" op's flow bits
+UART_RCVBUF = 4096  # the launcher's side of the firmware's UART connection (a small FIFO)
 
 
 STAND_IN_HEAP = 128 * 1024  # extra VM heap for the host/board stand-ins (see start.py)
 # --heap is the ESP32's heap. The VM is 64-bit: pointers, object headers, dict and list slots
-# take twice the bytes they take on the 32-bit ESP32, bytes and bytecode the same. 1.6 is our
-# estimate of the mix for this firmware (an estimate, not a measurement: see README, limits).
-WORD_SCALE_64 = 1.6
+# take twice the bytes they take on the 32-bit ESP32, bytes and bytecode the same. The factor
+# for this firmware's mix is measured against a 32-bit MicroPython VM by
+# tools/heap32/calibrate.py (make calibrate), which records it in host/heap_factor.json.
+WORD_SCALE_64 = json.loads((Path(__file__).resolve().parent / "heap_factor.json").read_text())[
+    "factor"
+]
 
 
 def parse_heap(text: str) -> int:
@@ -67,7 +86,13 @@ class Launcher:
         self.world_src = Path(args.world) if args.world else None
         self.heap = int(args.heap * WORD_SCALE_64)  # the VM heap the firmware may use
         self.pace = args.pace
+        self.image = args.image  # the MicroPython image flashed (its partition table)
         self.stdin_stop = args.stdin_stop
+        self.listen = args.listen  # where the module's servers and UDP links listen on the PC
+        self.provision_port = args.provision_port
+        self.ntp_port = 0
+        self.ntp: asyncio.DatagramTransport | None = None
+        self.lock_file = None
         self.root = Path(args.root).resolve() if args.root else ROOT
         self.micropython = str(Path(sys.executable).parent / "micropython")
         # Compiled modules (see compile_tree); a root other than the repo keeps its own cache.
@@ -99,6 +124,11 @@ class Launcher:
         self.to_fw: Pacer | None = None
         self.to_pty: Pacer | None = None
         self.pty_dropping = False  # the pty stayed full: output is being dropped
+        self.cts_hold = False  # the host holds CTS (the "cts" op); stops output with CTS flow
+        self.cts_free = asyncio.Event()
+        self.cts_free.set()
+        self.dropped = 0  # bytes of output dropped on a full pty (no flow control)
+        self.dropped_now = 0  # ...in the current episode, for the log
         self.bt = None  # host.btbridge.BtBridge: the virtual Bluetooth radio (if bumble is there)
 
     # ----- set-up and tear-down
@@ -106,16 +136,25 @@ class Launcher:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if not self.lock():
+            return 2
         self.console = open(self.state_dir / "console.log", "ab")
+        self.flash_image()
+        self.apply_cts()  # the host lets go of CTS when it starts
         self.copy_world()
         self.compile()
         self.open_pty()
-        uart_srv = await asyncio.start_server(self.on_uart, "127.0.0.1", 0)
+        # limit: the stream's own buffer (2 x limit before it stops reading) is part of the
+        # UART's FIFO too; asyncio's default, 128 KB, would hold a second of 921600 output
+        uart_srv = await asyncio.start_server(
+            self.on_uart, sock=self.uart_socket(), limit=UART_RCVBUF
+        )
         ctl_srv = await asyncio.start_server(self.on_control, "127.0.0.1", 0)
         self.uart_port = uart_srv.sockets[0].getsockname()[1]
         self.control_port = ctl_srv.sockets[0].getsockname()[1]
         (self.state_dir / "control.port").write_text(f"{self.control_port}\n")
         await self.start_bt()
+        await self.start_network()
         if self.pace:
             self.to_fw = Pacer(self.send_fw, self.uart_settings)
             self.to_pty = Pacer(self.write_pty, self.uart_settings)
@@ -128,6 +167,9 @@ class Launcher:
         print(f"LINK: {self.link}")
         if self.bt:
             print(f"BT_HCI: tcp-client:127.0.0.1:{self.bt.hci_port}")
+        host = "127.0.0.1" if self.listen == "0.0.0.0" else self.listen
+        print(f"PROVISION: http://{host}:{self.provision_port}/")
+        print(f"NTP: 127.0.0.1:{self.ntp_port}")
         print(f"CONTROL: 127.0.0.1:{self.control_port}", flush=True)
         supervisor = loop.create_task(self.supervise())
         await self.stopped.wait()
@@ -140,6 +182,8 @@ class Launcher:
         ctl_srv.close()
         if self.bt:
             self.bt.close()
+        if self.ntp:
+            self.ntp.close()
         self.remove_link()
         with contextlib.suppress(OSError):
             (self.state_dir / "control.port").unlink()
@@ -158,6 +202,47 @@ class Launcher:
         await self.bt.start()
         (self.state_dir / "bt_hci.port").write_text(f"{self.bt.hci_port}\n")
 
+    # One launcher per state folder: a second one would run a second module on the same flash
+    # and take the first's link and control port. The lock is the kernel's (flock), so a killed
+    # launcher's lock is free again; the file names the holder for the message.
+    def lock(self) -> bool:
+        path = self.state_dir / "launcher.lock"
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            print(
+                f"launcher: {self.state_dir} is in use by launcher pid {holder}; stop it or "
+                "use another STATE",
+                file=sys.stderr,
+            )
+            return False
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self.lock_file = f  # held open (locked) for the launcher's life
+        return True
+
+    # The PC side of the module's network: the NTP responder, and the address map the socket
+    # stand-in applies (host/board/socket.py): binds to any address stay on --listen, the soft
+    # AP's page opens on a port of the PC, the factory SNTP servers are the responder.
+    async def start_network(self) -> None:
+        self.ntp, self.ntp_port = await ntpd.serve("127.0.0.1", 0)
+        if not self.provision_port:
+            with socket.socket() as s:
+                s.bind((self.listen, 0))
+                self.provision_port = s.getsockname()[1]
+        (self.state_dir / "provision.port").write_text(f"{self.provision_port}\n")
+        (self.state_dir / "ntp.port").write_text(f"{self.ntp_port}\n")
+
+    def netmap(self) -> str:
+        rules = [f"0.0.0.0={self.listen}", f"{SOFT_AP}:80={self.listen}:{self.provision_port}"]
+        rules += [f"{name}:123=127.0.0.1:{self.ntp_port}" for name in SNTP_SERVERS]
+        return " ".join(rules)
+
     def on_stdin(self) -> None:
         # --stdin-stop: the test process that started us has gone (its pipe closed).
         if not os.read(sys.stdin.fileno(), 4096):
@@ -173,6 +258,10 @@ class Launcher:
         dest = self.state_dir / "world.json"
         if self.world_src and self.world_src.exists():
             shutil.copyfile(self.world_src, dest)
+            try:
+                check_world(json.loads(dest.read_text()))
+            except (ValueError, WorldError) as e:
+                log.warning("world file %s: %s", self.world_src, e)
         elif self.world_src:
             log.warning("world file %s not found", self.world_src)
         if not dest.exists():
@@ -201,6 +290,16 @@ class Launcher:
             tmp.unlink()
         tmp.symlink_to(self.pty_name)
         os.replace(tmp, self.link)
+
+    # The listening socket of the firmware's UART connection, with a small receive buffer (the
+    # accepted connections inherit it) so that flow control stops the firmware soon.
+    @staticmethod
+    def uart_socket() -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UART_RCVBUF)
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        return s
 
     def remove_link(self) -> None:
         with contextlib.suppress(OSError):
@@ -241,6 +340,14 @@ class Launcher:
                     self.crashes.clear()
                     await asyncio.sleep(CRASH_PAUSE)
 
+    # The partition table is on the flash (STATE/image): --image replaces it, else the one
+    # there stays; a new state gets ESP32_GENERIC's.
+    def flash_image(self) -> None:
+        stored = self.state_dir / "image"
+        if not self.image:
+            self.image = stored.read_text().strip() if stored.exists() else "generic"
+        stored.write_text(self.image + "\n")
+
     # Start the firmware, wait for it to end and return its exit code.
     async def boot(self, cause: str, wake: str) -> int:
         self.boots += 1
@@ -259,7 +366,9 @@ class Launcher:
                 "EMW_WAKE": wake,
                 "EMW_MPY": str(self.mpy_dir),
                 "EMW_HEAP": str(self.heap),
+                "EMW_IMAGE": self.image,
                 "EMW_BT": f"127.0.0.1:{self.bt.fw_port}" if self.bt else "",
+                "EMW_NETMAP": self.netmap(),
             }
         )
         self.proc = await asyncio.create_subprocess_exec(
@@ -336,6 +445,10 @@ class Launcher:
         self.fw = writer
         try:
             while data := await reader.read(4096):
+                if not self.cts_free.is_set():
+                    await self.cts_free.wait()
+                    if self.fw is not writer:
+                        break  # reset while held: the TX ring's bytes are gone
                 if self.to_pty:
                     await self.to_pty.put_wait(data)
                 else:
@@ -378,17 +491,41 @@ class Launcher:
                 n = os.write(self.master, view)
                 view = view[n:]
                 stall = 0.0
-                self.pty_dropping = False
+                self.resume_pty()
             except BlockingIOError:
-                # The pty buffer is full. Wait for a reader; if none comes, the bytes go out
-                # on a line that nobody listens to, as on a board, until someone reads again.
-                if self.pty_dropping or stall >= PTY_STALL:
-                    if not self.pty_dropping:
-                        log.warning("nobody reads the pty: dropping output")
-                    self.pty_dropping = True
+                if self.uart_settings.get("flow", 0) & UART_CTS:
+                    await asyncio.sleep(0.01)  # CTS deasserted: the firmware waits
+                    continue
+                if self.pty_dropping or stall >= PTY_STALL or self.pace:
+                    self.drop_pty(len(view))
                     return
                 await asyncio.sleep(0.01)
                 stall += 0.01
+
+    # The host's CTS line stops the module's output only with CTS flow control on (bit 2 of
+    # machine.UART's flow); STATE/cts.hold tells the firmware's UART (flush, write).
+    def apply_cts(self) -> bool:
+        held = self.cts_hold and bool(self.uart_settings["flow"] & 2)
+        mark = self.state_dir / "cts.hold"
+        if held:
+            mark.touch()
+            self.cts_free.clear()
+        else:
+            mark.unlink(missing_ok=True)
+            self.cts_free.set()
+        return held
+    def drop_pty(self, n: int) -> None:
+        if not self.pty_dropping:
+            self.pty_dropping = True
+            self.note("--- host not reading, no flow control: dropping UART output ---")
+        self.dropped += n
+        self.dropped_now += n
+
+    def resume_pty(self) -> None:
+        if self.pty_dropping:
+            self.pty_dropping = False
+            self.note(f"--- host reads again: {self.dropped_now} bytes of output dropped ---")
+            self.dropped_now = 0
 
     # ----- the control interface
 
@@ -411,23 +548,35 @@ class Launcher:
         finally:
             writer.close()
 
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "boots": self.boots,
+            "pid": self.proc.pid if self.proc else None,
+            "cause": self.cause,
+            "connected": self.fw is not None,
+            "link": str(self.link),
+            "pty": self.pty_name,
+            "uart": self.uart_settings,
+            "dropped": self.dropped,
+        }
+
+    # Pull the STANDBY pin; answer once the firmware runs again (or at once if it was awake).
+    async def wake(self) -> dict[str, Any]:
+        asleep = self.state == "sleeping"
+        self.wake_event.set()
+        for _ in range(int(WAKE_WAIT / 0.02) if asleep else 0):
+            if self.state == "running" and self.fw:
+                break
+            await asyncio.sleep(0.02)
+        return {"ok": True, "was": "sleeping" if asleep else self.state, **self.status()}
+
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "status":
-            return {
-                "ok": True,
-                "state": self.state,
-                "boots": self.boots,
-                "pid": self.proc.pid if self.proc else None,
-                "cause": self.cause,
-                "connected": self.fw is not None,
-                "link": str(self.link),
-                "pty": self.pty_name,
-                "uart": self.uart_settings,
-            }
+            return {"ok": True, **self.status()}
         if op == "wake":
-            self.wake_event.set()
-            return {"ok": True, "state": self.state}
+            return await self.wake()
         if op == "kill":
             # A power cut. If the firmware is not running, power returns and it starts.
             if self.proc and self.proc.returncode is None:
@@ -441,15 +590,25 @@ class Launcher:
             return {"ok": True}
         if op == "world":
             if "world" in req:
-                self.save_world(req["world"])
+                try:
+                    self.save_world(req["world"])
+                except WorldError as e:
+                    return {"ok": False, "error": str(e)}
             return {"ok": True, "world": self.load_world()}
         if op == "ap":
-            return self.edit_ap(req)
+            try:
+                return self.edit_ap(req)
+            except WorldError as e:
+                return {"ok": False, "error": str(e)}
         if op == "uart":
             for key in ("baudrate", "bits", "parity", "stop", "flow"):
                 if key in req:
                     self.uart_settings[key] = req[key]
+            self.apply_cts()
             return {"ok": True}
+        if op == "cts":
+            self.cts_hold = bool(req.get("hold"))
+            return {"ok": True, "held": self.apply_cts()}
         if op == "sleep":
             self.sleep_ms = req.get("ms")
             return {"ok": True}
@@ -475,8 +634,7 @@ class Launcher:
             return {"aps": []}
 
     def save_world(self, world: dict[str, Any]) -> None:
-        if not isinstance(world, dict):
-            raise ValueError("world must be a JSON object")
+        check_world(world)
         dest = self.state_dir / "world.json"
         tmp = dest.with_suffix(".tmp")
         tmp.write_text(json.dumps(world, indent=2) + "\n")
@@ -493,13 +651,19 @@ class Launcher:
             if ap is None:
                 return {"ok": False, "error": f"no ap {ssid!r}"}
             aps.remove(ap)
+            self.save_world(world)
+            return {"ok": True, "removed": ssid}
+        changes = req.get("set") or {}
+        if not isinstance(changes, dict):
+            return {"ok": False, "error": "set must be a JSON object"}
+        new = {**(ap or {"ssid": ssid}), **changes}
+        check_ap(new)
+        if ap is None:
+            aps.append(new)
         else:
-            if ap is None:
-                ap = {"ssid": ssid}
-                aps.append(ap)
-            ap.update(req.get("set") or {})
+            aps[aps.index(ap)] = new
         self.save_world(world)
-        return {"ok": True, "world": world}
+        return {"ok": True, "ap": new}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -514,6 +678,22 @@ def main(argv: list[str] | None = None) -> int:
         help="the ESP32 heap to model (scaled for the 64-bit VM)",
     )
     p.add_argument("--pace", action="store_true", help="relay at the configured baud rate")
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1",
+        help="PC address the module's servers and UDP links listen on (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--provision-port",
+        default=0,
+        type=int,
+        help="PC port for the soft AP's 192.168.4.1:80 (default: a free port)",
+    )
+    p.add_argument(
+        "--image",
+        choices=("generic", "generic-ota"),
+        help="MicroPython image flashed: ESP32_GENERIC (default) or ESP32_GENERIC-OTA",
+    )
     p.add_argument("--root", default=None, help="folder holding boot.py/main.py (default: repo)")
     p.add_argument("--stdin-stop", action="store_true", help="stop when stdin reaches EOF")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -61,16 +61,14 @@ def _run(path):
     return True
 
 
-# On the board, machine, network, esp32 are C modules and umqtt is frozen: they cost no heap.
+# On the board, machine, network, esp32 are C modules: they cost no heap.
 # Here they are Python, so the launcher gives the VM a larger heap; this imports every
 # stand-in now, then takes back the surplus in one ballast block, leaving the firmware the
 # free heap a board with EMW_HEAP bytes would have.
-def _ballast(board):
+def _ballast(board, used):
     heap = int(os.getenv("EMW_HEAP") or 0)
     if not heap:
         return None
-    gc.collect()
-    used = gc.mem_alloc()
     for name, kind, *_ in os.ilistdir(board):
         if kind == 0x4000:  # a package: import it and its modules
             for sub, _k, *_ in os.ilistdir(board + "/" + name):
@@ -78,6 +76,9 @@ def _ballast(board):
                     _load(name + "." + sub[:-3])
         elif name.endswith(".py"):
             _load(name[:-3])
+    # The world file network.py simulates the radio from is the radio's data on a board (not
+    # the firmware's heap): read it now, inside the stand-ins' share.
+    sys.modules["network"]._w()
     gc.collect()
     extra = gc.mem_free() - (heap - used) - 32  # 32: the ballast's own header and rounding
     if extra < 0:
@@ -109,7 +110,11 @@ def main():
         path = [mpy + "/board", path[0], mpy + "/root", root, mpy + "/root/lib", path[2]]
     path.append(".frozen")
     sys.path[:] = path
-    ballast = _ballast(here + "/board")  # noqa: F841 - held for the life of the firmware
+    gc.collect()
+    used = gc.mem_alloc()  # before any stand-in: the firmware's heap is measured from here
+    # The ESP32's errno (newlib values); the unix port's built-in cannot be shadowed by a file.
+    sys.modules["errno"] = __import__("esp32_errno")
+    ballast = _ballast(here + "/board", used)  # noqa: F841 - held for the life of the firmware
 
     bdev = FileBlockDev(state + "/flash.img", _FLASH_SIZE)
     try:

@@ -2,20 +2,31 @@
 
 Latency of AT commands through the pty beside a baseline measured in the same run (a bare relay
 on the same path: pty, launcher, MicroPython VM and back, with a firmware that only echoes
-lines), and the firmware's heap in use at stages of a workload. Prints one table.
+lines), the firmware's heap in use at stages of a workload and its peak over every feature at
+once, and the VM's CPU time (user + system of the MicroPython process) per AT round trip and per
+relayed MB. Prints tables, each figure beside the previous run's (build/bench.json).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
+from host.launcher import WORD_SCALE_64
+from host_tests import test_memory
 from host_tests.module import OK, REPO, Module
+from host_tests.test_bt import Phone, hci_port
 
 N = 1000
-VM_HEAP = int(110 * 1024 * 1.6)  # HEAP=110k, scaled for the 64-bit VM (host/launcher.py)
+VM_HEAP = int(110 * 1024 * WORD_SCALE_64)  # HEAP=110k on the measured model (host/launcher.py)
+PEAK_HEAP = "512k"  # the all-features session's heap: room for all of it, to see its peak
+LAST = REPO / "build" / "bench.json"  # this run's figures, shown beside the next run's
 
 
 def percentiles(times: list[float]) -> tuple[float, float]:
@@ -44,9 +55,44 @@ def baseline() -> tuple[float, float]:
         return round_trips(relay)
 
 
-def used(m: Module) -> int:
+def used(m: Module, vm_heap: int = VM_HEAP) -> int:
     reply = m.cmd("AT+MEMFREE")
-    return VM_HEAP - int(reply.split(b":")[1].split(b"\r")[0])
+    return vm_heap - int(reply.split(b":")[1].split(b"\r")[0])
+
+
+def vm_cpu(m: Module) -> float:
+    """User + system CPU seconds of the module's MicroPython process (the launcher's child)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm, _, rest = text.partition(" (")[2].rpartition(") ")
+        fields = rest.split()  # from field 3 (state) on: ppid is [1], utime [11], stime [12]
+        if comm == "micropython" and int(fields[1]) == m.proc.pid:
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    raise RuntimeError("no MicroPython process under the launcher")
+
+
+def peak_session() -> int:
+    """Peak heap in use (VM bytes) over every feature in turn and then all at once, sampled
+    after each step with AT+MEMFREE (test_memory's session, one round, at PEAK_HEAP)."""
+    vm_heap = int(int(PEAK_HEAP[:-1]) * 1024 * WORD_SCALE_64)
+    with tempfile.TemporaryDirectory() as tmp, test_memory.peers(Path(tmp)) as w:
+        with Module(Path(tmp) / "state", heap=PEAK_HEAP) as m:
+            m.sync()
+            m.cmd("AT+UARTE=OFF")
+            h = test_memory.Host(m)
+            phone = Phone(hci_port(m))
+            peak = 0
+            try:
+                steps = test_memory.in_turn(w, phone) + test_memory.all_at_once(w, phone)
+                for _, step in steps:
+                    step(h)
+                    peak = max(peak, vm_heap - h.memfree())
+            finally:
+                phone.close()
+            return peak
 
 
 def echo_server() -> int:
@@ -131,8 +177,13 @@ class Wire:
                 raise TimeoutError(f"stalled at {bytes(buf[:40])!r}")
 
 
+# VM CPU ms per MB relayed (both ways) by the last throughput run, per path and pacing.
+cpu_per_mb: dict[str, float] = {}
+
+
 def cipsend_throughput(pace: bool) -> tuple[float, int]:
     with socket_module(pace) as m:
+        cpu = vm_cpu(m)
         wire = Wire(m)
         data = bytes(range(256)) * (CHUNK // 256)
         t = time.perf_counter()
@@ -142,13 +193,16 @@ def cipsend_throughput(pace: bool) -> tuple[float, int]:
             m.write(data)
             wire.until(oks=i)
         wire.until(data=TOTAL)
-        return TOTAL / (time.perf_counter() - t), TOTAL - wire.data
+        rate = TOTAL / (time.perf_counter() - t)
+        cpu_per_mb["CIPSEND 1024"] = (vm_cpu(m) - cpu) / (2 * TOTAL / 1e6) * 1e3
+        return rate, TOTAL - wire.data
 
 
 def transparent_throughput(pace: bool) -> tuple[float, int]:
     with socket_module(pace) as m:
         m.cmd("AT+UARTFOMAT=1024,50")
         m.cmd("AT+CIPSENDRAW")
+        cpu = vm_cpu(m)
         data = bytes(range(256)) * (CHUNK // 256)
         t = time.perf_counter()
         got = 0
@@ -158,10 +212,13 @@ def transparent_throughput(pace: bool) -> tuple[float, int]:
                 m._fill(10)
             del m._buf[:CHUNK]
             got += CHUNK
-        return TOTAL / (time.perf_counter() - t), TOTAL - got
+        rate = TOTAL / (time.perf_counter() - t)
+        cpu_per_mb["transparent"] = (vm_cpu(m) - cpu) / (2 * TOTAL / 1e6) * 1e3
+        return rate, TOTAL - got
 
 
 def main() -> int:
+    figures: dict[str, float] = {}
     throughput = []
     for pace in (False, True):
         base = relay_throughput(pace)
@@ -171,6 +228,9 @@ def main() -> int:
         ):
             rate, lost = run(pace)
             throughput.append((name, "921600" if pace else "unpaced", rate, rate / base, lost))
+            figures[f"VM CPU ms per MB, {name}, {'921600' if pace else 'unpaced'}"] = cpu_per_mb[
+                name
+            ]
         throughput.append(("bare relay", "921600" if pace else "unpaced", base, 1.0, 0))
     base = baseline()
     rows = [("bare relay (baseline)", *base, 1.0)]
@@ -178,9 +238,11 @@ def main() -> int:
         m.sync()
         m.cmd("AT+UARTE=OFF")
         heap = [("after start", used(m))]
+        cpu = vm_cpu(m)
         for line in ("AT", "AT+FWVER?"):
             p50, p99 = round_trips(lambda line=line: m.cmd(line))
             rows.append((line, p50, p99, p50 / base[0]))
+        figures["VM CPU ms per AT round trip"] = (vm_cpu(m) - cpu) / (2 * N) * 1e3
         m.cmd("AT+WJAP=EMW-TEST,12345678")
         m.read_until(b"STATION_UP\r\n", timeout=10)
         heap.append(("Wi-Fi joined", used(m)))
@@ -195,10 +257,25 @@ def main() -> int:
     print(f"{'command':<24}{'p50 ms':>9}{'p99 ms':>9}{'p50/baseline':>14}   ({N} each)")
     for name, p50, p99, ratio in rows:
         print(f"{name:<24}{p50:>9.3f}{p99:>9.3f}{ratio:>14.2f}")
-    print(f"\nheap in use (VM heap {VM_HEAP} bytes = HEAP 110k x 1.6 for 64-bit)")
+    peak = peak_session()
+    figures["all-features peak heap, VM bytes"] = peak
+    figures["all-features peak heap, ESP32 bytes (model)"] = round(peak / WORD_SCALE_64)
+    print(
+        f"\nheap in use (VM heap {VM_HEAP} bytes = HEAP 110k x {WORD_SCALE_64}, the measured factor)"
+    )
     for stage, n in heap:
         print(f"  {stage:<30}{n:>8} bytes")
     print(f"  {'peak of these':<30}{max(n for _, n in heap):>8} bytes")
+    last = json.loads(LAST.read_text()) if LAST.exists() else {}
+    print(f"\n{'figure':<52}{'now':>12}{'previous':>12}")
+    for name, value in figures.items():
+        before = last.get(name)
+        print(
+            f"{name:<52}{value:>12.3f}"
+            + (f"{before:>12.3f}" if before is not None else f"{'-':>12}")
+        )
+    LAST.parent.mkdir(exist_ok=True)
+    LAST.write_text(json.dumps(figures, indent=1) + "\n")
     print(f"\nthroughput pty -> link -> TCP echo -> pty, {TOTAL // 1024} KB each way")
     print(f"{'path':<16}{'UART':>9}{'KB/s':>10}{'/relay':>8}{'lost':>6}")
     for name, pace, rate, ratio, lost in throughput:

@@ -5,6 +5,7 @@
     srv.cut["v1/firmware/app.mpy"] = 300          # send 300 body bytes, then close
     srv.stall["v1/firmware/app.mpy"] = 300        # send 300 body bytes, then go silent
     srv.delay = 0.01                              # pause per 512-byte chunk (throttle)
+    srv.chunked = True                            # bodies in chunked transfer coding
     srv.requests                                  # paths asked, in order
 
 The HTTPS certificate is issued for 127.0.0.1 by a CA made with the openssl CLI
@@ -42,7 +43,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = path.read_bytes()
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
+        if owner.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         cut = owner.cut.get(rel)
         stall = owner.stall.get(rel)
@@ -50,7 +54,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         sent = 0
         while sent < limit:
             n = min(CHUNK, limit - sent)
-            self.wfile.write(data[sent : sent + n])
+            piece = data[sent : sent + n]
+            if owner.chunked:
+                piece = b"%x\r\n%s\r\n" % (n, piece)
+            self.wfile.write(piece)
             self.wfile.flush()
             sent += n
             if owner.delay:
@@ -60,6 +67,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         elif cut is not None and cut < len(data):
             self.close_connection = True
+        elif owner.chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -73,6 +82,7 @@ class FileServer:
         self.cut: dict[str, int] = {}
         self.stall: dict[str, int] = {}
         self.delay = 0.0
+        self.chunked = False
         self.requests: list[str] = []
         self.stopping = threading.Event()
         self.ca_pem = self.wrong_ca_pem = b""

@@ -58,6 +58,7 @@ class Module:
         heap: str = "110k",
         pace: bool = False,
         start_timeout: float = 10.0,
+        options: tuple[str, ...] = (),
     ) -> None:
         self._buf = bytearray()
         self.fd = -1
@@ -94,6 +95,7 @@ class Module:
             cmd += ["--root", str(root)]
         if pace:
             cmd.append("--pace")
+        cmd += options  # more launcher options (--listen...)
         self._log = open(self._state_dir / "launcher.log", "ab")
         self.proc = subprocess.Popen(
             cmd,
@@ -103,7 +105,7 @@ class Module:
             stdin=subprocess.PIPE,
             bufsize=0,
         )
-        info = self._read_banner(start_timeout)
+        info = self.banner = self._read_banner(start_timeout)
         self.uart = info["UART"]
         self.control = int(info["CONTROL"].rpartition(":")[2])
         self.fd = os.open(self.link, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)

@@ -23,6 +23,22 @@ PARSE = [
     (b"AT+X=a\\b", ("X", at.SET, ["a\\b"])),
     (b"AT+WJAP=my net,pass word", ("WJAP", at.SET, ["my net", "pass word"])),
     ("AT+WJAP=caf\u00e9,k".encode(), ("WJAP", at.SET, ["caf\u00e9", "k"])),
+    # a quoted parameter may hold commas; quotes elsewhere, or never closed, are characters
+    (
+        b'AT+WJAP="Cafe Wi-Fi, 2nd floor",key',
+        ("WJAP", at.SET, ["Cafe Wi-Fi, 2nd floor", "key"]),
+    ),
+    (b'AT+X="x",', ("X", at.SET, ["x"])),
+    (b'AT+X=,"a,b"', ("X", at.SET, [None, "a,b"])),
+    (b'AT+X="a"b",c', ("X", at.SET, ['a"b', "c"])),
+    (b'AT+X=a"b,"c', ("X", at.SET, ['a"b', '"c'])),
+    (b'AT+X="abc', ("X", at.SET, ['"abc'])),
+    (b'AT+X="c\\,d",e\\,f', ("X", at.SET, ["c,d", "e,f"])),
+    (
+        b"AT+UART=115200, 8, 1, NONE, NONE",
+        ("UART", at.SET, ["115200", " 8", " 1", " NONE", " NONE"]),
+    ),
+    (b"AT+WJAP= my net , key ", ("WJAP", at.SET, [" my net ", " key "])),
 ]
 
 
@@ -57,7 +73,10 @@ def test_checks():
     assert at.integer(["7"], 0, 1, 8) == 7
     assert at.integer(["+8"], 0, -12, 14) == 8
     assert at.integer(["-12"], 0, -12, 14) == -12
-    for bad in (["x"], [None], [""], ["9"], ["1.5"], ["+"], [" 7"]):
+    assert at.integer([" 7\t"], 0, 1, 8) == 7  # blanks around numbers and keywords
+    assert at.choice([" NONE "], 0, ("NONE", "EVEN")) == "NONE"
+    assert at.text([" my net "], 0, 16) == " my net "  # never in text (SSIDs, keys, topics)
+    for bad in (["x"], [None], [""], [" "], ["9"], ["1.5"], ["+"], ["7 7"]):
         with pytest.raises(AtError):
             at.integer(bad, 0, 1, 8)
     with pytest.raises(AtError):

@@ -26,6 +26,7 @@ from host_tests.module import ERROR, OK, Module
 NUS = UUID("6E400001-B5A3-F393-E0A9-E50E24DCCA9E")
 NUS_RX = UUID("6E400002-B5A3-F393-E0A9-E50E24DCCA9E")
 NUS_TX = UUID("6E400003-B5A3-F393-E0A9-E50E24DCCA9E")
+GAP_DEVICE_NAME = UUID.from_16_bits(0x2A00)
 ON = b"\r\n+BTEVENT:CONNECTION,ON\r\n"
 OFF = b"\r\n+BTEVENT:CONNECTION,OFF\r\n"
 
@@ -114,6 +115,10 @@ class Phone:
         self.call(go())
 
     def pair(self, passkey: int) -> None:
+        self.pair_config(passkey)
+        self.call(self.connection.pair())
+
+    def pair_config(self, passkey: int) -> None:
         self.device.pairing_config_factory = lambda _c: PairingConfig(
             sc=True,
             mitm=True,
@@ -123,7 +128,6 @@ class Phone:
             # virtual controllers do not resolve private addresses.
             identity_address_type=PairingConfig.AddressType.RANDOM,
         )
-        self.call(self.connection.pair())
 
     def encrypt(self) -> None:
         self.call(self.connection.encrypt())
@@ -147,6 +151,24 @@ class Phone:
 
     def disconnect(self) -> None:
         self.call(self.connection.disconnect())
+
+    def pair_and_write(self, passkey: int, data: bytes) -> None:
+        """Pair, then write the moment the phone's side of the pairing completes."""
+        self.pair_config(passkey)
+
+        async def go() -> None:
+            await self.connection.pair()
+            await self.peer.write_value(self.rx, data, with_response=True)
+
+        self.call(go())
+
+    def read_gatt(self, uuid: UUID) -> bytes:
+        async def go() -> bytes:
+            await self.peer.discover_services()
+            await self.peer.discover_characteristics()
+            return await self.peer.read_value(self.peer.get_characteristics_by_uuid(uuid)[0])
+
+        return self.call(go())
 
 
 def hci_port(m: Module) -> int:
@@ -291,6 +313,32 @@ def test_find_pair_and_exchange(module: Module, phone: Phone) -> None:
     assert m.read_until(OFF, 10).endswith(OFF)
     assert m.cmd("AT+BTSTATE").endswith(b"+BTSTATE:DISCOVERABLE\r\n" + OK)
     assert m.cmd("AT+BTSEND=1") == ERROR
+
+
+def test_write_right_after_pairing_is_never_lost(module: Module, phone: Phone) -> None:
+    m = module
+    name = discoverable(m)
+    address = phone.find(name)
+    for i in range(20):
+        data = f"round {i:02d} from the phone".encode()
+        phone.connect(address)
+        phone.pair_and_write(123456, data)
+        got = m.read_until(data + b"\r\n", 10)
+        assert got.endswith(ON + f"\r\n+BTEVENT:DATA,{len(data)},".encode() + data + b"\r\n"), i
+        phone.disconnect()
+        assert m.read_until(OFF, 10).endswith(OFF)
+
+
+def test_gatt_device_name_is_the_btname(module: Module, phone: Phone) -> None:
+    m = module
+    assert m.cmd("AT+BTNAME=Kitchen-Sensor").endswith(OK)
+    phone.connect(phone.find(discoverable(m)))
+    assert phone.read_gatt(GAP_DEVICE_NAME) == b"Kitchen-Sensor"
+    phone.disconnect()
+    # Renamed while on: the next phone reads the new name.
+    assert m.cmd("AT+BTNAME=Hall-Sensor").endswith(OK)
+    phone.connect(phone.find("Hall-Sensor"))
+    assert phone.read_gatt(GAP_DEVICE_NAME) == b"Hall-Sensor"
 
 
 def test_wrong_passkey_is_refused(module: Module, phone: Phone) -> None:

@@ -330,3 +330,55 @@ def test_standby_sleeps_until_the_wake_pin(quiet):
     quiet.sync()
     assert quiet.status()["cause"] == "DEEPSLEEP"
     assert quiet.cmd("AT+UARTE?") == reply(b"+UARTE:OFF")  # settings kept
+
+
+# --- data phases: never executed, answered once, streamed when long
+
+
+def pem(size: int, inside: bytes = b"") -> bytes:
+    body = b"".join(b"%063d\n" % i for i in range(size // 64))
+    return b"-----BEGIN CERTIFICATE-----\n" + inside + body + b"-----END CERTIFICATE-----\n"
+
+
+def test_a_long_certificate_chain_is_stored_whole(quiet):
+    chain = pem(6600) * 2  # a real CA chain: 13 KB
+    quiet.write(b"AT+SSLCERTSET=0\r")
+    assert quiet.read_until(b">") == b">"
+    quiet.write(chain + b"\x1a")
+    assert quiet.read_until(OK, 10) == OK
+    assert quiet.cmd("AT+SSLCERTGET=0", 10) == reply(b"+SSLCERTGET:" + chain)
+
+
+def test_a_command_inside_data_is_never_executed(quiet):
+    cert = pem(5000, inside=b"AT+FWVER?\r\n")
+    quiet.write(b"AT+SSLCERTSET=1\r" + cert + b"\x1a")
+    assert quiet.read_until(OK, 10) == b">" + OK
+    quiet.expect_silence(0.3)
+
+
+def test_an_overlong_data_phase_is_discarded_to_its_end_and_answered_once(quiet):
+    quiet.write(b"AT+SSLCERTSET=0\r")
+    quiet.read_until(b">")
+    quiet.write(pem(6000) + b"\x1a")
+    quiet.read_until(OK, 10)
+    big = pem(20000, inside=b"AT+FWVER?\r") + b"AT+FWVER?\r" + pem(3000)
+    quiet.write(b"AT+SSLCERTSET=0\r" + big + b"\x1a")
+    assert quiet.read_until(ERROR, 10) == b">" + ERROR
+    quiet.expect_silence(0.3)
+    assert quiet.cmd("AT+ERRNO") == reply(b"+ERRNO:5,certificate longer than 16384")
+    assert quiet.cmd("AT+SSLCERTGET=0", 10) == reply(b"+SSLCERTGET:" + pem(6000))  # unchanged
+
+
+def test_backspace_and_delete_edit_the_line(module):
+    module.write(b"AT+FWVEX\x08R?\r")
+    assert module.read_until(OK) == b"AT+FWVEX\x08 \x08R?\r" + reply(FW)
+    module.cmd("AT+UARTE=OFF")
+    module.write(b"\x7fAT+UARTEX\x7f\x7fE?\r")  # DEL too; on an empty line it does nothing
+    assert module.read_until(OK) == reply(b"+UARTE:OFF")
+
+
+def test_blanks_around_numbers_and_quoted_commas(quiet):
+    assert quiet.cmd("AT+UARTFOMAT= 512 , 100") == OK
+    assert quiet.cmd("AT+UARTFOMAT?") == reply(b"+UARTFOMAT:512,100")
+    assert quiet.cmd('AT+WJAP="Cafe Wi-Fi, 2nd floor",12345678') == OK
+    assert quiet.cmd("AT+WJAP=?").startswith(b"\r\n+WJAP:Cafe Wi-Fi\\, 2nd floor,12345678")

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -145,8 +149,8 @@ def test_world_ops(echo: Module) -> None:
     world = echo.state_dir / "world.json"
     assert echo.ctl({"op": "world", "world": {"aps": [{"ssid": "a", "rssi": -50}]}})["ok"]
     assert json.loads(world.read_text()) == {"aps": [{"ssid": "a", "rssi": -50}]}
-    r = echo.ctl({"op": "ap", "ssid": "a", "set": {"rssi": -80, "key": "pw"}})
-    assert r["world"]["aps"] == [{"ssid": "a", "rssi": -80, "key": "pw"}]
+    r = echo.ctl({"op": "ap", "ssid": "a", "set": {"rssi": -80, "password": "pw"}})
+    assert r == {"ok": True, "ap": {"ssid": "a", "rssi": -80, "password": "pw"}}
     echo.ctl({"op": "ap", "ssid": "b", "set": {"rssi": -40}})
     assert echo.ctl({"op": "ap", "ssid": "a", "remove": True})["ok"]
     assert echo.ctl({"op": "world"})["world"] == {"aps": [{"ssid": "b", "rssi": -40}]}
@@ -169,10 +173,10 @@ def test_ctl_cli(echo: Module) -> None:
         return json.loads(out.stdout)
 
     assert ctl("status")["state"] == "running"
-    assert ctl("ap", "cli", "rssi=-61", "key=secret")["world"]["aps"][-1] == {
+    assert ctl("ap", "cli", "rssi=-61", "password=secret")["ap"] == {
         "ssid": "cli",
         "rssi": -61,
-        "key": "secret",
+        "password": "secret",
     }
 
 
@@ -225,3 +229,245 @@ def test_pacing(tmp_path: Path) -> None:
 @pytest.mark.skipif(not (REPO / "main.py").exists(), reason="no firmware yet")
 def test_fixture_syncs_real_firmware(module: Module) -> None:
     assert module.cmd("AT").endswith(b"\r\nOK\r\n")
+
+
+# ----- the virtual module as a tool (issue 16, item 8)
+
+
+def test_ctl_refuses_what_the_world_cannot_hold(echo: Module) -> None:
+    before = echo.ctl({"op": "world"})["world"]
+    out = subprocess.run(
+        [sys.executable, "-m", "host.ctl", "--state", str(echo.state_dir), "ap", "X", "rssi=abc"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 1 and not out.stdout
+    assert out.stderr.strip() == "refused: ap 'X'.rssi: 'abc' is not a whole number from -127 to 0"
+    for bad in (
+        {"op": "ap", "ssid": "X", "set": {"channel": 15}},
+        {"op": "ap", "ssid": "X", "set": {"security": "WPA9"}},
+        {"op": "ap", "ssid": "X", "set": {"bssid": "c8:3a:35"}},
+        {"op": "ap", "ssid": "X", "set": {"dhcp": {"ip": "10.0.0"}}},
+        {"op": "ap", "ssid": "X", "set": {"colour": "red"}},
+        {"op": "ap", "ssid": "X", "set": {"present": "no"}},
+        {"op": "ap", "ssid": "x" * 33},
+        {"op": "world", "world": {"aps": [{"rssi": -40}]}},
+        {"op": "world", "world": {"aps": {"ssid": "a"}}},
+        {"op": "world", "world": {"scan_ms": -1}},
+        {"op": "world", "world": {"softap": {"stations": [{"mac": "nope"}]}}},
+    ):
+        r = echo.ctl(bad)
+        assert r["ok"] is False and "Error" not in r["error"], (bad, r)
+    assert echo.ctl({"op": "world"})["world"] == before
+    shipped = json.loads((REPO / "host" / "world.json").read_text())
+    assert echo.ctl({"op": "world", "world": shipped})["ok"]
+
+
+def test_wake_reports_the_state_after_waking(echo: Module) -> None:
+    echo.write(b"!sleep\n")
+    end = time.monotonic() + 5
+    while echo.status()["state"] != "sleeping" and time.monotonic() < end:
+        time.sleep(0.05)
+    r = echo.ctl({"op": "wake"})
+    assert r["ok"] and r["was"] == "sleeping"
+    assert r["state"] == "running" and r["connected"] and r["boots"] == 2
+    assert r["cause"] == "DEEPSLEEP"
+    r = echo.ctl({"op": "wake"})  # not asleep: says so at once
+    assert r["was"] == "running" and r["state"] == "running" and r["boots"] == 2
+
+
+def test_a_second_launcher_on_the_same_state_is_refused(echo: Module, tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "host.launcher",
+            "--state",
+            str(echo.state_dir),
+            "--link",
+            str(tmp_path / "other"),
+            "--root",
+            str(FAKE),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert f"is in use by launcher pid {echo.proc.pid}" in out.stderr
+    assert not os.path.lexists(tmp_path / "other")
+    # The first is untouched: its link, its control port, its firmware.
+    assert os.readlink(echo.link) == echo.uart
+    assert int((echo.state_dir / "control.port").read_text()) == echo.control
+    assert ask(echo, b"still here") == b"still here\n"
+
+
+def test_a_killed_launchers_lock_is_taken_over(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    m = Module(state, root=FAKE)
+    m.wait_booted(1)
+    fw = m.status()["pid"]
+    m.proc.kill()  # SIGKILL: no clean-up, the lock file stays
+    m.proc.wait(5)
+    os.kill(fw, signal.SIGKILL)
+    assert (state / "launcher.lock").exists()
+    with Module(state, root=FAKE) as again:
+        again.wait_booted(1)
+        assert (state / "launcher.lock").read_text().strip() == str(again.proc.pid)
+    m.stop()
+
+
+def listening(port: int, proto: str = "tcp") -> list[str]:
+    """The addresses a socket of this machine listens on (TCP) or is bound to (UDP) at port."""
+    out = []
+    for line in Path(f"/proc/net/{proto}").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, _, p = local.partition(":")
+        if int(p, 16) == port and state == ("0A" if proto == "tcp" else "07"):
+            out.append(".".join(str(b) for b in reversed(bytes.fromhex(addr))))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+UP = b"\r\n+WEVENT:STATION_UP\r\n"
+OK = b"\r\nOK\r\n"
+
+
+def test_factory_provisioning_opens_at_the_printed_url(module: Module) -> None:
+    m = module
+    port = int((m.state_dir / "provision.port").read_text())
+    assert m.banner["PROVISION"] == f"http://127.0.0.1:{port}/"
+    assert m.cmd("AT+SMARTHTTP?").endswith(b"+SMARTHTTP:AP,80\r\n" + OK)  # factory settings
+    assert m.cmd("AT+SMARTSTART=5").endswith(OK)
+    with urllib.request.urlopen(m.banner["PROVISION"], timeout=10) as r:
+        assert b"Wi-Fi set-up" in r.read()
+    assert listening(port) == ["127.0.0.1"]
+    assert m.cmd("AT+WSAPIP?").find(b"192.168.4.1") >= 0  # the module still says its own
+    assert m.cmd("AT+SMARTSTOP").endswith(OK)
+
+
+def test_servers_and_udp_links_listen_on_loopback_only(module: Module) -> None:
+    m = module
+    m.cmd("AT+UARTE=OFF")
+    assert m.cmd("AT+WJAP=EMW-TEST,12345678") == OK
+    m.read_until(UP, 10)
+    tcp, udp = free_port(), free_port()
+    assert m.cmd(f"AT+CIPSTART=0,tcp_server,{tcp}").endswith(OK)
+    assert m.cmd(f"AT+CIPSTART=1,udp_unicast,127.0.0.1,9,{udp}").endswith(OK)
+    assert listening(tcp) == ["127.0.0.1"]
+    assert listening(udp, "udp") == ["127.0.0.1"]
+
+
+def test_listen_names_another_address(tmp_path: Path) -> None:
+    with Module(tmp_path / "state", options=("--listen", "127.0.0.2")) as m:
+        m.sync()
+        m.cmd("AT+UARTE=OFF")
+        assert m.cmd("AT+WJAP=EMW-TEST,12345678") == OK
+        m.read_until(UP, 10)
+        tcp = free_port()
+        assert m.cmd(f"AT+CIPSTART=0,tcp_server,{tcp}").endswith(OK)
+        assert listening(tcp) == ["127.0.0.2"]
+        assert m.banner["PROVISION"].startswith("http://127.0.0.2:")
+
+
+def test_sntp_works_out_of_the_box(module: Module) -> None:
+    m = module
+    m.cmd("AT+UARTE=OFF")
+    assert m.banner["NTP"] == "127.0.0.1:" + (m.state_dir / "ntp.port").read_text().strip()
+    assert m.cmd("AT+SNTPCFG?").find(b"pool.ntp.org") >= 0  # factory servers
+    assert m.cmd("AT+WJAP=EMW-TEST,12345678") == OK
+    m.read_until(UP, 10)
+    got = m.cmd("AT+SNTPTIME", 10)
+    hit = re.search(rb"\+SNTPTIME:(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6})\r\n", got)
+    assert hit and got.endswith(OK), got
+    when = datetime.strptime(hit.group(1).decode(), "%Y-%m-%dT%H:%M:%S.%f")
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    assert abs((when - now).total_seconds()) < 5
+
+
+# ----- pure parts, under CPython
+
+
+@pytest.mark.parametrize(
+    ("request_", "answered"),
+    [
+        (bytes([0x23]) + bytes(47), True),  # v4 client
+        (bytes([0x1B]) + bytes(47), True),  # v3 client: answered as v3
+        (bytes([0x24]) + bytes(47), False),  # a server's packet
+        (bytes([0x25]) + bytes(47), False),  # broadcast
+        (bytes([0x03]) + bytes(47), False),  # version 0
+        (bytes([0x23]) + bytes(46), False),  # short
+        (b"", False),
+    ],
+)
+def test_ntp_responder_answers_clients_only(request_: bytes, answered: bool) -> None:
+    from host import ntpd
+
+    request = bytearray(request_)
+    if len(request) >= 48:
+        request[40:48] = b"ORIGIN!!"
+    out = ntpd.reply(bytes(request), 1_800_000_000.25, 1_800_000_000.5)
+    assert (out is not None) == answered
+    if out:
+        head = ntpd.PACKET.unpack(out)
+        assert head[0] == (request[0] & 0x38) | 4 and head[1] == 1  # same version, server
+        assert out[24:32] == b"ORIGIN!!"  # the client's transmit time, echoed
+        assert head[9] == (1_800_000_000 + ntpd.NTP_1970) << 32 | 2**30  # receive, .25 s
+        assert head[10] == (1_800_000_000 + ntpd.NTP_1970) << 32 | 2**31  # transmit, .5 s
+
+
+@pytest.mark.parametrize(
+    ("ap", "error"),
+    [
+        ({"ssid": "a", "rssi": -60, "security": "WPA2/WPA3", "channel": 14}, None),
+        ({"ssid": "a", "dhcp": {"ip": "10.0.0.2", "dns": "8.8.8.8"}, "refuse": None}, None),
+        ({"ssid": "a", "rssi": "abc"}, "ap 'a'.rssi: 'abc' is not a whole number from -127 to 0"),
+        ({"ssid": "a", "rssi": True}, "ap 'a'.rssi: True is not a whole number from -127 to 0"),
+        ({"ssid": "a", "channel": 0}, "ap 'a'.channel: 0 is not a whole number from 1 to 14"),
+        ({"ssid": "a", "hidden": 1}, "ap 'a'.hidden: 1 is not true or false"),
+        ({"ssid": "a", "refuse": "always"}, "ap 'a'.refuse: 'always' is not one of None, "),
+        ({"ssid": "a", "dhcp": {"ip": "10.0.0.256"}}, "ap 'a'.dhcp.ip: '10.0.0.256' is not an"),
+        ({"ssid": "a", "dhcp": "auto"}, "ap 'a'.dhcp: must be a JSON object"),
+        ({"ssid": "", "rssi": -1}, "ap ''.ssid: '' is not text of 1 to 32 bytes"),
+        ({"ssid": "a", "pass": "x"}, "ap 'a': unknown key 'pass' (known: ssid, bssid,"),
+    ],
+)
+def test_world_schema(ap: dict, error: str | None) -> None:
+    from host.worldschema import WorldError, check_ap
+
+    if error is None:
+        check_ap(ap)
+    else:
+        with pytest.raises(WorldError) as e:
+            check_ap(ap)
+        assert str(e.value).startswith(error)
+
+
+def test_image_option_is_kept_on_the_flash(tmp_path: Path) -> None:
+    """--image generic-ota flashes the OTA partition table; later runs without the option keep
+    what the state's flash holds; a new state gets ESP32_GENERIC."""
+    state = tmp_path / "state"
+    image = state / "image"
+    with Module(state, root=FAKE) as m:
+        m.wait_booted(1)
+    assert image.read_text() == "generic\n"
+    cmd = [sys.executable, "-m", "host.launcher", "--image", "generic-ota", "--state", str(state)]
+    cmd += ["--link", str(tmp_path / "uart"), "--root", str(FAKE), "--stdin-stop"]
+    p = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline().startswith(b"UART: ")
+    p.stdin.close()
+    p.wait(20)
+    assert image.read_text() == "generic-ota\n"
+    with Module(state, root=FAKE) as m:
+        m.wait_booted(1)
+    assert image.read_text() == "generic-ota\n"

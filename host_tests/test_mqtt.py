@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from firmware import mqttpkt
 from host_tests.module import Module
-from host_tests.mosquitto import Broker, have_mosquitto
+from host_tests.mosquitto import Broker, free_port, have_mosquitto
+from host_tests.ntpserver import NtpServer
 
 pytestmark = pytest.mark.skipif(
     not have_mosquitto() or not shutil.which("mosquitto_sub"), reason="mosquitto not installed"
 )
 
 BIN = bytes(range(256))
+# What a driver's parser could take for a frame if the length were not honoured
+TRICKY = b"\r\nOK\r\n\x00\xff\r\n+MQTTRECV:0,3,abc\r\nERROR\r\n\r\n+MQTTEVENT:CONNECT,FAIL\r\n"
 Item = str | tuple[str, int, bytes]  # a line, or ("RECV", sub id, payload)
 
 
@@ -140,6 +147,10 @@ class Wire:
         self.m.expect_silence(seconds)
 
 
+def memfree(w: Wire) -> int:
+    return int(w.one("AT+MEMFREE").split(":")[1])
+
+
 def mqtt_event(word: str) -> str:
     return "+MQTTEVENT:" + word
 
@@ -179,9 +190,11 @@ def resync(w: Wire, timeout: float = 10) -> None:
             assert time.monotonic() < end, "no OK to AT after the reboot"
 
 
-def connect(w: Wire) -> None:
+def connect(w: Wire, *subs: int) -> None:
+    """AT+MQTTSTART: the stored ids `subs` are subscribed and reported before CONNECT,SUCCESS."""
     w.ok("AT+MQTTSTART")
-    w.expect(mqtt_event("CONNECT,SUCCESS"), timeout=10)
+    w.expect(*(f"+MQTTEVENT:{i},SUBSCRIBE,SUCCESS" for i in subs), mqtt_event("CONNECT,SUCCESS"),
+             timeout=10)  # fmt: skip
 
 
 _n = 0
@@ -302,8 +315,8 @@ def test_config_defaults_errors_persistence_autostart(module, broker):
     assert w.one("AT+UARTE?") == "+UARTE:OFF"
     w.expect(
         "+WEVENT:STATION_UP",
-        "+MQTTEVENT:CONNECT,SUCCESS",
         "+MQTTEVENT:3,SUBSCRIBE,SUCCESS",
+        "+MQTTEVENT:CONNECT,SUCCESS",
         timeout=20,
     )
     assert snapshot(w) == before
@@ -369,23 +382,29 @@ def test_publish_receive_qos_binary(module, broker, tmp_path):
                           (4, "deep/a/b", 2), (5, "bin", 2), (5, "bin", 0)]:  # fmt: skip
         publish(broker, topic, BIN, qos, tmp_path)
         w.expect(("RECV", i, BIN))
+    for qos in (0, 1, 2):
+        publish(broker, "bin", TRICKY, qos, tmp_path)
+        w.expect(("RECV", 5, TRICKY))
     big = bytes(range(256)) * 16  # 4096 bytes
     publish(broker, "bin", big, 1, tmp_path)
     w.expect(("RECV", 5, big))
 
     # Publish at QoS 0/1/2 with every byte value; mosquitto_sub checks what arrives.
-    sub = watch(broker, "out/#", 4)
+    sub = watch(broker, "out/#", 7)
     for qos in (0, 1, 2):
         w.ok(f"AT+MQTTPUB=out/q{qos},{qos}")
         w.ok(f"AT+MQTTSEND={len(BIN)}", BIN)
         w.expect("+MQTTEVENT:PUBLISH,SUCCESS")
         assert w.one("AT+MQTTSTATUS=publish") == "+MQTTSTATUS:PUBLISH,SUCCESS"
+        w.ok(f"AT+MQTTSEND={len(TRICKY)}", TRICKY)
+        w.expect("+MQTTEVENT:PUBLISH,SUCCESS")
     w.ok("AT+MQTTPUB=out/big,1")
     w.ok("AT+MQTTSEND=4096", big)
     w.expect("+MQTTEVENT:PUBLISH,SUCCESS")
     got, _ = sub.communicate(timeout=15)
     assert got.splitlines() == [
-        f"out/q0 0 {BIN.hex()}", f"out/q1 1 {BIN.hex()}", f"out/q2 2 {BIN.hex()}",
+        f"out/q0 0 {BIN.hex()}", f"out/q0 0 {TRICKY.hex()}", f"out/q1 1 {BIN.hex()}",
+        f"out/q1 1 {TRICKY.hex()}", f"out/q2 2 {BIN.hex()}", f"out/q2 2 {TRICKY.hex()}",
         f"out/big 1 {big.hex()}",
     ]  # fmt: skip
 
@@ -465,8 +484,7 @@ def test_keepalive_holds_idle_session(module, broker, tmp_path):
     w.ok("AT+MQTTKEEPALIVE=2")
     w.ok("AT+MQTTCID=idle")
     w.ok("AT+MQTTSUB=0,idle/t,1")
-    connect(w)
-    w.expect("+MQTTEVENT:0,SUBSCRIBE,SUCCESS")
+    connect(w, 0)
     w.quiet(6)  # 3 times the broker's 1.5 x keepalive limit
     assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,SUCCESS"
     assert broker.log().count("Received PINGREQ from idle") >= 4
@@ -479,12 +497,11 @@ def test_broker_restart(module, broker, tmp_path):
     w = ready(module, broker)
     w.ok("AT+MQTTSUB=2,r/x,1")
     w.ok("AT+MQTTSUB=4,r/y,2")
-    connect(w)
-    w.expect_set("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
-    # MQTTRECONN ON (the default): reconnect, then subscribe every stored id again
+    connect(w, 2, 4)
+    # MQTTRECONN ON (the default): reconnect, subscribe every stored id again, then SUCCESS
     broker.restart()
-    w.expect("+MQTTEVENT:CONNECT,RECONNECTING", "+MQTTEVENT:CONNECT,SUCCESS", timeout=10)
-    w.expect_set("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
+    w.expect("+MQTTEVENT:CONNECT,RECONNECTING", "+MQTTEVENT:2,SUBSCRIBE,SUCCESS",
+             "+MQTTEVENT:4,SUBSCRIBE,SUCCESS", "+MQTTEVENT:CONNECT,SUCCESS", timeout=10)  # fmt: skip
     assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,SUCCESS"
     publish(broker, "r/y", b"back", 2, tmp_path)
     w.expect(("RECV", 4, b"back"))
@@ -496,8 +513,8 @@ def test_broker_restart(module, broker, tmp_path):
     w.quiet(2.5)  # attempts at 0, 1 and 3 s fail quietly
     broker.start()
     w.ok("AT+MQTTSTART")  # waiting out its back-off: AT+MQTTSTART tries at once
-    w.expect("+MQTTEVENT:CONNECT,SUCCESS", timeout=3)
-    w.expect_set("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
+    w.expect("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS",
+             "+MQTTEVENT:CONNECT,SUCCESS", timeout=3)  # fmt: skip
     # MQTTRECONN OFF: a clean CONNECT,FAIL, and no attempt after that.
     w.ok("AT+MQTTRECONN=OFF")
     broker.stop()
@@ -505,8 +522,7 @@ def test_broker_restart(module, broker, tmp_path):
     assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,FAIL"
     broker.start()
     w.quiet(2)
-    connect(w)  # a new AT+MQTTSTART does connect
-    w.expect_set("+MQTTEVENT:2,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
+    connect(w, 2, 4)  # a new AT+MQTTSTART does connect
 
 
 # ----- TLS
@@ -528,7 +544,9 @@ def set_cert(w: Wire, kind: int, pem: bytes) -> bool:
 
 
 def test_tls_server_verification(module, tmp_path):
+    ntp = NtpServer()  # verification needs the date: the module sets its clock once joined
     with Broker(tmp_path, tls=True) as b:
+        module.cmd(f"AT+SNTPCFG=+0,{ntp.address}")
         w = ready(module, b, b.tls_port)
         assert b.ca_path is not None and b.wrong_ca_path is not None
         if not set_cert(w, 0, b.wrong_ca_path.read_bytes()):
@@ -538,9 +556,11 @@ def test_tls_server_verification(module, tmp_path):
         w.ok("AT+MQTTSUB=0,tls/in,2")
         w.ok("AT+MQTTSTART")  # the wrong CA: verification fails, no retrying
         w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
+        reason = w.one("AT+MQTTERR?")
+        assert reason.startswith("+MQTTERR:TLS: ") and "\r" not in reason, reason
+        assert w.one("AT+ERRNO") == "+ERRNO:7,MQTT: " + reason[9:]
         assert set_cert(w, 0, b.ca_path.read_bytes())
-        connect(w)
-        w.expect("+MQTTEVENT:0,SUBSCRIBE,SUCCESS")
+        connect(w, 0)
         sub = watch(b, "tls/out", 1)
         w.ok("AT+MQTTPUB=tls/out,1")
         w.ok(f"AT+MQTTSEND={len(BIN)}", BIN)
@@ -548,13 +568,13 @@ def test_tls_server_verification(module, tmp_path):
         assert sub.communicate(timeout=10)[0].split() == ["tls/out", "1", BIN.hex()]
         publish(b, "tls/in", BIN, 2, tmp_path)
         w.expect(("RECV", 0, BIN))
+    ntp.close()
 
 
 def test_wifi_loss(module, broker, tmp_path):
     w = ready(module, broker)
     w.ok("AT+MQTTSUB=0,wl,1")
-    connect(w)
-    w.expect("+MQTTEVENT:0,SUBSCRIBE,SUCCESS")
+    connect(w, 0)
     module.ctl({"op": "ap", "ssid": "EMW-TEST", "set": {"present": False}})
     w.expect_set("+WEVENT:STATION_DOWN", "+MQTTEVENT:CONNECT,RECONNECTING", timeout=10)
     assert w.one("AT+MQTTSTATUS=connect") == "+MQTTSTATUS:CONNECT,RECONNECTING"
@@ -562,9 +582,228 @@ def test_wifi_loss(module, broker, tmp_path):
     module.ctl({"op": "ap", "ssid": "EMW-TEST", "set": {"present": True}})
     w.expect(
         "+WEVENT:STATION_UP",
-        "+MQTTEVENT:CONNECT,SUCCESS",
         "+MQTTEVENT:0,SUBSCRIBE,SUCCESS",
+        "+MQTTEVENT:CONNECT,SUCCESS",
         timeout=40,
     )
     publish(broker, "wl", b"over the air again", 1, tmp_path)
     w.expect(("RECV", 0, b"over the air again"))
+
+
+# ----- event order, back-pressure, reasons
+
+
+def test_subscriptions_outlive_close(module, broker, tmp_path):
+    """Subscriptions are configuration (AT+MQTTSUB=? lists them): they outlive AT+MQTTCLOSE,
+    and a new session reports them before CONNECT,SUCCESS, so a driver that sends its next
+    command on CONNECT,SUCCESS reads exactly \\r\\nOK\\r\\n (15.2)."""
+    w = ready(module, broker)
+    connect(w)
+    w.ok("AT+MQTTSUB=1,keep/a,1")
+    w.ok("AT+MQTTSUB=4,keep/b,2")
+    w.expect_set("+MQTTEVENT:1,SUBSCRIBE,SUCCESS", "+MQTTEVENT:4,SUBSCRIBE,SUCCESS")
+    free = []  # AT+MEMFREE after each AT+MQTTCLOSE
+    for _ in range(3):
+        w.ok("AT+MQTTCLOSE")
+        w.expect("+MQTTEVENT:CLOSE,SUCCESS")
+        free.append(memfree(w))
+        assert w.query("AT+MQTTSUB=?") == ["+MQTTSUB:2", "1,keep/a,1", "4,keep/b,2"]
+        connect(w, 1, 4)
+        assert memfree(w) < free[-1] - 5000  # the session's packet buffers
+        assert not w.events
+        for cmd in (b"AT+MQTTPUB=keep/b,1\r", b"AT+MQTTSTATUS=connect\r"):
+            module.write(cmd)
+            want = (
+                b"\r\nOK\r\n"
+                if cmd.startswith(b"AT+MQTTPUB")
+                else (b"\r\n+MQTTSTATUS:CONNECT,SUCCESS\r\n\r\nOK\r\n")
+            )
+            assert module.read_until(b"\r\nOK\r\n") == want
+        publish(broker, "keep/a", b"still here", 1, tmp_path)
+        w.expect(("RECV", 1, b"still here"))
+    assert abs(free[2] - free[1]) < 1000, free  # closing gives them back
+    # AT+MQTTUNSUB forgets one for good
+    w.ok("AT+MQTTUNSUB=1")
+    w.expect("+MQTTEVENT:1,UNSUBSCRIBE,SUCCESS")
+    w.ok("AT+MQTTCLOSE")
+    w.expect("+MQTTEVENT:CLOSE,SUCCESS")
+    connect(w, 4)
+
+
+def test_pipelined_qos1_sends_wait_for_room(module, broker):
+    """50 QoS 1 AT+MQTTSENDs back to back while the broker is frozen for 2 s: the window of 16
+    unacknowledged publishes fills, the next data phase waits for room, every one gets OK
+    and every message arrives, in order (15)."""
+    w = ready(module, broker)
+    connect(w)
+    w.ok("AT+MQTTPUB=bp/x,1")
+    n = 50
+    sub = watch(broker, "bp/#", n)
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)
+    thaw = threading.Timer(2, broker.proc.send_signal, (signal.SIGCONT,))
+    thaw.start()
+    try:
+        t0 = time.monotonic()
+        for k in range(n):
+            w.ok("AT+MQTTSEND=4", b"%02d\r\n" % k)
+        waited = time.monotonic() - t0
+    finally:
+        thaw.join()
+    assert waited > 1.5  # some data phase did wait for the broker
+    events = [w.event(10) for _ in range(n)]
+    assert events == ["+MQTTEVENT:PUBLISH,SUCCESS"] * n
+    got, _ = sub.communicate(timeout=15)
+    assert got.splitlines() == [f"bp/x 1 {(b'%02d' % k).hex()}0d0a" for k in range(n)]
+
+    # Subscribed to its own topic: the messages coming back share the UART with the replies
+    w.ok("AT+MQTTSUB=0,bp/#,1")
+    w.expect("+MQTTEVENT:0,SUBSCRIBE,SUCCESS")
+    for k in range(n):
+        w.ok("AT+MQTTSEND=4", b"%02d\r\n" % k)
+    got = [w.event(10) for _ in range(2 * n)]
+    assert [x for x in got if isinstance(x, tuple)] == [
+        ("RECV", 0, b"%02d\r\n" % k) for k in range(n)
+    ]
+    assert got.count("+MQTTEVENT:PUBLISH,SUCCESS") == n
+
+
+def test_failure_reasons(module, broker, tmp_path):
+    """AT+MQTTERR? says why the session last failed, in plain words on one line; AT+ERRNO
+    gives it after CONNECT,FAIL and after a command MQTT refuses (16.4)."""
+    w = ready(module, broker)
+    w.ok("AT+MQTTRECONN=OFF")
+    assert w.one("AT+MQTTERR?") == "+MQTTERR:"
+
+    def fails(why: str) -> None:
+        w.ok("AT+MQTTSTART")
+        w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
+        for form in ("AT+MQTTERR?", "AT+MQTTERR", "AT+MQTTERR=?"):
+            assert w.one(form) == "+MQTTERR:" + why
+        assert w.one("AT+ERRNO") == "+ERRNO:7,MQTT: " + why
+
+    closed = free_port()
+    w.ok(f"AT+MQTTSOCK={broker.host},{closed}")
+    fails("connection refused")
+    w.ok("AT+MQTTPUB=r/x,0")
+    w.error("AT+MQTTSEND=2", b"hi")
+    assert w.one("AT+ERRNO") == "+ERRNO:6,MQTT is not connected: connection refused"
+    w.ok("AT+MQTTSOCK=no.such.host.invalid,1883")
+    fails("DNS: cannot resolve no.such.host.invalid")
+
+    with Broker(tmp_path / "auth", user="user", password="secret") as b:
+        w.ok(f"AT+MQTTSOCK={b.host},{b.port}")
+        w.ok("AT+MQTTAUTH=user,wrong")
+        w.ok("AT+MQTTSTART")
+        w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
+        assert w.one("AT+MQTTERR?") in (
+            "+MQTTERR:broker refused: not authorized",
+            "+MQTTERR:broker refused: bad user name or password",
+        )
+    w.ok("AT+MQTTAUTH=,")
+
+    # keepalive: a broker that stops answering is dropped after two keepalive periods
+    w.ok(f"AT+MQTTSOCK={broker.host},{broker.port}")
+    w.ok("AT+MQTTKEEPALIVE=1")
+    connect(w)
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    assert w.one("AT+MQTTERR?") == "+MQTTERR:keepalive timeout: no packet from the broker in 2 s"
+    w.ok("AT+MQTTKEEPALIVE=60")
+    connect(w)
+    assert w.one("AT+MQTTERR?") == "+MQTTERR:"  # a new start forgets the old reason
+    broker.stop()
+    w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
+    assert w.one("AT+MQTTERR?") in (
+        "+MQTTERR:the broker closed the connection",
+        "+MQTTERR:connection reset by the broker",
+    )
+
+
+# ----- a broker that misbehaves on purpose (scripted with the codec under CPython)
+
+
+class FakeBroker:
+    """Accepts one connection at a time; `script(conn)` plays the broker's side."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.reader = mqttpkt.Reader(8192)
+
+    def serve(self, script) -> threading.Thread:
+        def run() -> None:
+            conn, _ = self.sock.accept()
+            with conn:
+                self.reader.clear()
+                script(conn)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    def packet(self, conn: socket.socket) -> tuple[int, bytes]:
+        while (p := self.reader.next()) is None:
+            space = self.reader.space()
+            n = conn.recv_into(space)
+            assert n, "the module closed the connection"
+            self.reader.filled(n)
+        return p[0], bytes(p[1])
+
+    @staticmethod
+    def send(conn: socket.socket, encode, *args) -> None:
+        buf = bytearray(8192)
+        conn.sendall(buf[: encode(buf, *args)])
+
+
+def test_misbehaving_broker(module):
+    """QoS 2 resent before PUBREL is delivered once; a packet too large for the buffer is
+    dropped and the session goes on; a malformed packet ends the session with a reason; a
+    CONNACK refusal is given in words. The module answers all along."""
+    fake = FakeBroker()
+    w = ready(module)
+    w.ok(f"AT+MQTTSOCK=127.0.0.1,{fake.port}")
+    w.ok("AT+MQTTRECONN=OFF")
+    w.ok("AT+MQTTSUB=0,f/#,2")
+    seen: list[tuple[int, bytes]] = []
+
+    def script(conn: socket.socket) -> None:
+        assert fake.packet(conn)[0] >> 4 == mqttpkt.CONNECT
+        conn.sendall(b"\x20\x02\x00\x00")
+        first, body = fake.packet(conn)
+        assert first == 0x82 and body[2:] == b"\x00\x03f/#\x02"
+        conn.sendall(b"\x90\x03" + body[:2] + b"\x02")
+        fake.send(conn, mqttpkt.publish, 7, b"f/a", b"one", 2)
+        fake.send(conn, mqttpkt.publish, 7, b"f/a", b"one", 2, True)  # DUP, before PUBREL
+        seen.extend(fake.packet(conn) for _ in range(2))
+        fake.send(conn, mqttpkt.ack, mqttpkt.PUBREL, 7)
+        seen.append(fake.packet(conn))
+        fake.send(conn, mqttpkt.publish, 0, b"f/big", b"x" * 6000, 0)
+        fake.send(conn, mqttpkt.publish, 8, b"f/b", b"two", 1)
+        seen.append(fake.packet(conn))
+        conn.sendall(b"\x30\xff\xff\xff\xff\x01")  # a remaining length of five bytes
+        time.sleep(1)
+
+    t = fake.serve(script)
+    connect(w, 0)
+    w.expect(("RECV", 0, b"one"), ("RECV", 0, b"two"), "+MQTTEVENT:CONNECT,FAIL")
+    t.join(5)
+    assert seen == [(0x50, b"\x00\x07"), (0x50, b"\x00\x07"), (0x70, b"\x00\x07"),
+                    (0x40, b"\x00\x08")]  # fmt: skip
+    assert w.one("AT+MQTTERR?") == "+MQTTERR:the broker sent a malformed packet"
+
+    def refuse(conn: socket.socket) -> None:
+        fake.packet(conn)
+        conn.sendall(b"\x20\x02\x00\x02")
+        time.sleep(0.5)
+
+    t = fake.serve(refuse)
+    w.ok("AT+MQTTSTART")
+    w.expect("+MQTTEVENT:CONNECT,FAIL")
+    t.join(5)
+    assert w.one("AT+MQTTERR?") == "+MQTTERR:broker refused: client identifier rejected"
+    w.ok("AT")

@@ -14,7 +14,7 @@ def test_network_sim(tmp_path: Path) -> None:
     env["MICROPYPATH"] = f"{ROOT / 'host' / 'board'}:.frozen"
     env["EMW_WORLD"] = str(tmp_path / "world.json")
     proc = subprocess.run(
-        [str(MICROPYTHON), "-X", "heapsize=110k", str(SCRIPT)],
+        [str(MICROPYTHON), "-X", "heapsize=256k", str(SCRIPT)],
         env=env,
         capture_output=True,
         text=True,

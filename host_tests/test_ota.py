@@ -21,6 +21,7 @@ import pytest
 from host_tests import flashfs
 from host_tests.httpserver import FileServer
 from host_tests.module import ERROR, OK, REPO, Module
+from host_tests.ntpserver import NtpServer
 
 FACTORY = re.search(r'VERSION = "(.*)"', (REPO / "firmware" / "version.py").read_text())[1]
 V1 = "esp32_AT_v9.0.1"
@@ -47,7 +48,8 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("releases")
     bad = tmp_path_factory.mktemp("crashing")
     for sub in ("firmware", "lib"):
-        shutil.copytree(REPO / sub, bad / sub, ignore=shutil.ignore_patterns("__pycache__"))
+        if (REPO / sub).is_dir():  # lib/ holds nothing today
+            shutil.copytree(REPO / sub, bad / sub, ignore=shutil.ignore_patterns("__pycache__"))
     app = bad / "firmware" / "app.py"
     app.write_text(
         app.read_text().replace("def run():\n", "def run():\n    raise RuntimeError('boom')\n")
@@ -218,6 +220,27 @@ def test_update_restarts_into_new_version(module, server):
     assert otadata(m) == {}  # no image in these releases: the app partitions were not touched
 
 
+def test_progress_events_are_opt_in_and_persisted(module, server):
+    m = module
+    online(m, server.url)
+    assert m.cmd("AT+OTAPROGRESS?") == b"\r\n+OTAPROGRESS:OFF\r\n" + OK
+    assert m.cmd(f"AT+OTASTART={V1}") == OK
+    got = m.read_until(SUCCESS, timeout=30)
+    assert got.endswith(SUCCESS) and b"PROGRESS" not in got  # default drivers see nothing new
+    rejoin(m, 2)
+    assert m.cmd("AT+OTAPROGRESS=ON") == OK
+    wait_online(m)
+    assert m.cmd(f"AT+OTASTART={V2}") == OK
+    got = m.read_until(SUCCESS, timeout=30)
+    assert got.startswith(START), got
+    steps = re.findall(rb"\r\n\+OTAEVENT:PROGRESS,(\d+)\r\n", got)
+    assert [int(p) for p in steps] == list(range(10, 101, 10)), got
+    rejoin(m, 3)
+    assert fwver(m) == V2
+    assert m.cmd("AT+OTAPROGRESS?") == b"\r\n+OTAPROGRESS:ON\r\n" + OK
+    assert m.cmd("AT+OTAPROGRESS=MAYBE") == ERROR
+
+
 def test_rollback_when_new_version_crashes(module, server):
     m = module
     online(m, server.url)
@@ -285,6 +308,38 @@ def test_download_cut_or_stalled(module, server):
     assert fwver(m) == V1
 
 
+def test_commands_answered_during_download(module, server):
+    """The download runs beside the command engine: AT answers while it goes on."""
+    m = module
+    online(m, server.url)
+    server.delay = 0.01
+    assert m.cmd(f"AT+OTASTART={V1}") == OK
+    assert m.read_until(START, timeout=5) == START
+    for _ in range(5):
+        assert m.cmd("AT") == OK
+        assert m.cmd(f"AT+OTASTART={V1}") == ERROR  # one at a time
+        assert b"an update is running" in m.cmd("AT+ERRNO")
+    server.delay = 0
+    assert m.read_until(SUCCESS, timeout=30).endswith(SUCCESS)
+    rejoin(m, 2)
+    assert fwver(m) == V1
+
+
+def test_chunked_responses(module, server):
+    """A server that sends its bodies in chunked transfer coding (RFC 9112 7.1)."""
+    m = module
+    online(m, server.url)
+    server.chunked = True
+    want = f"\r\n+OTACHECK:{V2}\r\n".encode() + OK
+    assert m.cmd("AT+OTACHECK", timeout=10) == want
+    server.cut[f"{V1}/firmware/serial.mpy"] = 700
+    assert m.cmd(f"AT+OTASTART={V1}") == OK
+    assert b"closed after 700" in fail(m, "NETWORK")
+    server.cut.clear()
+    update(m, V1, 2)
+    assert fwver(m) == V1
+
+
 # ----- HTTPS
 
 
@@ -300,8 +355,10 @@ def set_ca(m: Module, pem: bytes, relaunch) -> Module:
 
 
 def test_https_verifies_server(tmp_path, releases, relaunch):
+    ntp = NtpServer()  # verification needs the date: the module sets its clock once joined
     with FileServer(releases, tls=tmp_path) as srv:
         m = relaunch(Module(tmp_path / "state"))
+        assert m.cmd(f"AT+SNTPCFG=+0,{ntp.address}").endswith(OK)
         online(m, srv.url)
         assert m.cmd("AT+OTACHECK", timeout=10) == ERROR  # no CA stored at all
         assert b"TLS" in m.cmd("AT+ERRNO")
@@ -316,6 +373,7 @@ def test_https_verifies_server(tmp_path, releases, relaunch):
         boots = m.status()["boots"]
         update(m, V1, boots + 1)
         assert fwver(m) == V1
+    ntp.close()
 
 
 # ----- the MicroPython image (esp32.Partition stand-in)
@@ -342,9 +400,36 @@ def image_releases(tmp_path_factory: pytest.TempPathFactory, releases: Path) -> 
     return root
 
 
-def test_image_update_and_bootloader_rollback(module, image_releases):
+def flashed(state: Path, image: str) -> Module:
+    """A new module whose flash holds the MicroPython image `image` (the launcher's --image,
+    kept in the state folder as the partition table is kept on the flash)."""
+    state.mkdir(parents=True)
+    (state / "image").write_text(image + "\n")
+    m = Module(state)
+    m.sync()
+    return m
+
+
+def test_image_refused_on_generic_then_tree_update(module, server, image_releases):
+    """ESP32_GENERIC has one factory app: an image update fails with the reason, the module
+    answers, and the next AT+OTASTART (a tree-only release) works."""
+    m = module
     with FileServer(image_releases) as srv:
-        m = module
+        online(m, srv.url)
+        assert m.cmd(f"AT+OTASTART={V1}") == OK
+        assert b"no OTA partition: flash ESP32_GENERIC-OTA" in fail(m, "IMAGE")
+        assert m.cmd("AT") == OK
+        assert m.cmd(f"AT+OTASTART={V1}") == OK  # not "an update is running"
+        fail(m, "IMAGE")
+    assert not (m.state_dir / "otadata.json").exists()
+    assert fwver(m) == FACTORY
+    assert m.cmd(f"AT+OTAURL={server.url}") == OK
+    update(m, V1, 2)
+    assert fwver(m) == V1
+
+
+def test_image_update_and_bootloader_rollback(tmp_path, image_releases):
+    with FileServer(image_releases) as srv, flashed(tmp_path / "state", "generic-ota") as m:
         online(m, srv.url)
         # An image the bootloader would not start (no ESP image magic): set_boot refuses it.
         assert m.cmd(f"AT+OTASTART={V2}") == OK

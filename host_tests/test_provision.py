@@ -167,9 +167,42 @@ def test_browser_provisions_the_module(s, browser, tmp_path):
     assert names[:2] == ["EMW-TEST", "EMW-OPEN"] and "Cafe Wi-Fi, 2nd floor" in names
     s.at_ok()  # the AT side answers while the page is open
 
+    # Which device it is, and each network's security in words, its signal, a lock if keyed.
+    name = m.cmd("AT+BTNAME?").split(b":")[1].split(b"\r")[0].decode()
+    wmac = m.cmd("AT+WMAC").split(b":")[1][:12].decode()
+    dev = browser.find_element(By.ID, "dev").text
+    assert name in dev and ":".join(wmac[i : i + 2] for i in range(0, 12, 2)) in dev
+    first = browser.find_element(By.CSS_SELECTOR, "#nets .net")
+    assert first.find_element(By.TAG_NAME, "small").text == "WPA2"
+    assert first.find_element(By.CSS_SELECTOR, "b.g").get_attribute("class") == "g s4"  # -42
+    assert first.find_elements(By.CSS_SELECTOR, ".k")  # keyed: the lock
+    open_net = browser.find_elements(By.CSS_SELECTOR, "#nets .net")[1]
+    assert open_net.find_element(By.TAG_NAME, "small").text == "Open"
+    assert not open_net.find_elements(By.CSS_SELECTOR, ".k")
+    assert "WPA_WPA2_PSK" not in browser.page_source and "WPA/WPA2" in browser.page_source
+
     submit("EMW-TEST", "not-the-key")
     assert "wrong key" in result("err")
-    browser.save_screenshot(str(tmp_path / "provision-wrong-key.png"))
+    # After the error the chosen network is still chosen, its name still typed.
+    assert browser.find_element(By.ID, "ssid").get_attribute("value") == "EMW-TEST"
+    chosen = browser.find_elements(By.CSS_SELECTOR, "#nets .net.on")
+    assert [b.get_attribute("value") for b in chosen] == ["EMW-TEST"]
+    key = browser.find_element(By.ID, "key")
+    key.send_keys("typed")
+    assert key.get_attribute("type") == "password"
+    browser.find_element(By.ID, "show").click()  # the show-key toggle
+    assert key.get_attribute("type") == "text"
+    (REPO / "build").mkdir(exist_ok=True)
+    for w, h in ((390, 844), (1280, 800)):  # a phone, a desktop: the viewport's size
+        metrics = {"width": w, "height": h, "deviceScaleFactor": 1, "mobile": w < 600}
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+        width = browser.execute_script("return document.documentElement.scrollWidth")
+        assert width <= browser.execute_script("return window.innerWidth"), (w, width)
+        browser.save_screenshot(str(REPO / "build" / f"provision-{w}x{h}.png"))
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    browser.find_element(By.ID, "show").click()
+    assert key.get_attribute("type") == "password"
+    key.clear()
     assert m.read_until(DOWN, timeout=5) == DOWN
     assert m.cmd("AT+WSAPS") == reply(b"+WSAPS:AP_UP")  # the set-up AP stays up
     assert m.cmd("AT+SMARTSTART?") == reply(b"+SMARTSTART:5")
@@ -177,9 +210,6 @@ def test_browser_provisions_the_module(s, browser, tmp_path):
 
     submit("EMW-TEST", "12345678")
     assert "Connected to EMW-TEST" in result("ok")
-    browser.save_screenshot(str(tmp_path / "provision-joined.png"))
-    (REPO / "build").mkdir(exist_ok=True)  # the page with the list and the failure message
-    shutil.copyfile(tmp_path / "provision-wrong-key.png", REPO / "build" / "provision.png")
     got = m.read_until(AP_DOWN, timeout=10)
     assert got.index(UP) < got.index(PROVISIONED) < got.index(AP_DOWN), got
     assert m.cmd("AT+WSAPS") == reply(b"+WSAPS:AP_DOWN")
@@ -221,6 +251,19 @@ def test_http_form_and_json_flow(s):
     assert m.cmd("AT+WJAPS") == reply(b"+WJAPS:STATION_UP")
     with pytest.raises(OSError):  # the server is gone with the set-up AP
         s.request("GET", "/")
+
+
+def test_page_is_small_and_streamed(s):
+    s.start()
+    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+    c.request("GET", "/")
+    r = c.getresponse()
+    assert r.getheader("Content-Length") is None  # written piece by piece, ends at the close
+    page = r.read()
+    c.close()
+    nets = len(json.loads(s.request("GET", "/networks")[1]))
+    assert nets >= 5 and page.endswith(b"</html>")
+    assert len(page) < 2200 + 250 * nets, len(page)  # the head ~2 KB, ~200 bytes a network
 
 
 def test_form_decoding_and_html_escaping(s):

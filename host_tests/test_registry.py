@@ -1,30 +1,59 @@
-"""The lazy command table (firmware/registry.py) names exactly the commands each group module
-defines, so a command is never unreachable or answered by the wrong group."""
-
-import ast
-from pathlib import Path
+"""The command index (firmware/registry.py) is generated from the groups' COMMANDS rows, so a
+command is declared once; AT+CMD? and AT+HELP list it from the index without loading groups."""
 
 import pytest
 
 from firmware import registry
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def commands_of(group: str) -> set[str]:
-    tree = ast.parse((ROOT / "firmware" / "commands" / f"{group}.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMMANDS":
-            return {k.value for k in node.value.keys}
-    raise AssertionError(f"no COMMANDS in {group}")
+from host_tests.module import OK, Module
+from tools import cmdindex
 
 
-@pytest.mark.parametrize(("group", "names"), registry.GROUPS, ids=[g for g, _ in registry.GROUPS])
-def test_group_lists_match_the_modules(group, names):
-    assert set(names) == commands_of(group)
-    assert len(set(names)) == len(names)
+def test_index_is_generated_from_the_groups():
+    text = cmdindex.REGISTRY.read_text()
+    assert cmdindex.updated(text) == text, "run: python tools/cmdindex.py"
 
 
-def test_no_command_in_two_groups():
-    seen = [n for _, names in registry.GROUPS for n in names]
-    assert len(seen) == len(set(seen))
+FORMS = [
+    ("WJAP", "=?,?,="),  # a 4-tuple row without the bare form
+    ("WSCAN", "=,"),
+    ("UARTE", "=?,?,=,"),  # switch()
+    ("FWVER", "=?,?,"),  # reading()
+    ("CIPSTART", "="),  # setter()
+    ("MQTTCLOSE", ""),  # action()
+    ("CMD", "?"),
+]
+
+
+@pytest.mark.parametrize(("name", "forms"), FORMS)
+def test_forms(name, forms):
+    assert registry.INDEX[name][1] == forms
+
+
+LINES = [
+    ("", "+CMD:AT,"),
+    ("WJAP", "+CMD:AT+WJAP,=?,?,="),
+    ("WSCAN", "+CMD:AT+WSCAN,=,"),
+]
+
+
+@pytest.mark.parametrize(("name", "line"), LINES)
+def test_listing_lines(name, line):
+    assert line in registry.listing()
+
+
+def test_every_group_is_indexed():
+    assert set(registry.GROUPS) == {g for g, _ in registry.INDEX.values()}
+    assert registry.GROUPS[0] == "system"
+
+
+def test_command_list_on_the_module():
+    with Module() as m:
+        m.wait_booted(1)
+        m.sync()
+        for ask in ("AT+CMD?", "AT+HELP"):
+            reply = m.cmd(ask)
+            assert reply.endswith(OK)
+            lines = [ln for ln in reply.decode().split("\r\n") if ln.startswith("+CMD:")]
+            assert lines == registry.listing()
+        assert b"+CMD:AT+BTSEND,=\r\n" in reply
+        assert m.cmd("AT+FWVER?").endswith(OK)  # the list changed no other reply

@@ -95,6 +95,51 @@ def test_unknown_ssid(m):
     assert m.cmd("AT+WJAPS") == reply(b"+WJAPS:STATION_DOWN,2")
 
 
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (1000, None),  # STAT_IDLE
+        (1001, None),  # STAT_CONNECTING
+        (1010, None),  # STAT_GOT_IP
+        (0, None),
+        (2, 1),  # AUTH_EXPIRE
+        (15, 1),  # 4WAY_HANDSHAKE_TIMEOUT
+        (202, 1),  # AUTH_FAIL (and CONNECTION_FAIL)
+        (204, 1),  # HANDSHAKE_TIMEOUT
+        (201, 2),  # NO_AP_FOUND
+        (210, 2),  # NO_AP_FOUND_W_COMPATIBLE_SECURITY
+        (211, 2),  # NO_AP_FOUND_IN_AUTHMODE_THRESHOLD
+        (212, 2),  # NO_AP_FOUND_IN_RSSI_THRESHOLD
+        (200, 0),  # BEACON_TIMEOUT
+        (203, 0),  # ASSOC_FAIL
+        (8, 0),  # ASSOC_LEAVE (status() says IDLE for it; any other reason is a failure)
+    ],
+)
+def test_join_error_of_each_status(status, code):
+    from firmware.wifi_reasons import join_error
+
+    assert join_error(status) == code
+
+
+def test_wrong_key_and_missing_ap_reasons_of_esp_idf(m):
+    """ESP-IDF ends a wrong key with 15, 2, 202 or 204 depending on the AP, a missing AP with
+    201 or 210/211: AT+WJAPS says 1 (wrong key) or 2 (not found) for each."""
+    for reason in (15, 2, 202, 204):
+        ap(m, "EMW-TEST", wrong_key_reason=reason)
+        assert m.cmd("AT+WJAP=EMW-TEST,wrongpass") == OK
+        assert m.read_until(DOWN, timeout=10) == DOWN
+        assert m.cmd("AT+WJAPS") == reply(b"+WJAPS:STATION_DOWN,1"), reason
+        assert m.cmd("AT+WJAPQ") == OK
+    world = m.ctl({"op": "world"})["world"]
+    for reason in (210, 211):
+        world["noap_reason"] = reason
+        assert m.ctl({"op": "world", "world": world})["ok"]
+        assert m.cmd("AT+WJAP=No Such Net,12345678") == OK
+        assert m.read_until(DOWN, timeout=10) == DOWN
+        assert m.cmd("AT+WJAPS") == reply(b"+WJAPS:STATION_DOWN,2"), reason
+        assert m.cmd("AT+WJAPQ") == OK
+
+
 def test_ap_lost_and_back_without_any_command(m):
     join(m)
     ap(m, "EMW-TEST", present=False)
@@ -270,3 +315,26 @@ def test_static_address(m):
     m.read_until(DOWN)
     join(m)
     assert b"192.168.31.50" not in m.cmd("AT+WJAPIP?")
+
+
+def test_soft_ap_address_keeps_the_station_resolver(m):
+    """lwIP has one resolver; configuring the soft AP (its DHCP server's DNS) leaves it be."""
+    join(m)
+    before = m.cmd("AT+WJAPIP?")
+    assert re.fullmatch(
+        rb"\r\n\+WJAPIP:(\d+\.\d+\.\d+\.\d+,){3}\d+\.\d+\.\d+\.\d+\r\n" + OK, before
+    )
+    assert m.cmd("AT+WSAP=EMW-MODULE,abcdefgh") == OK
+    m.read_until(b"AP_UP\r\n")
+    assert m.cmd("AT+WSAPIP=192.168.8.1,255.255.255.0,192.168.8.1") == OK
+    assert m.cmd("AT+WSAPIP?") == reply(b"+WSAPIP:192.168.8.1,255.255.255.0,192.168.8.1")
+    assert m.cmd("AT+WJAPIP?") == before
+
+
+def test_static_address_without_dns(m):
+    """DHCP off with no DNS server stored: the station still joins (esp-netif refuses a
+    0.0.0.0 DNS server, so none is set)."""
+    assert m.cmd("AT+WJAPIP=192.168.31.50,255.255.255.0,192.168.31.1,0.0.0.0") == OK
+    join(m)
+    got = m.cmd("AT+WJAPIP?")
+    assert got.startswith(b"\r\n+WJAPIP:192.168.31.50,255.255.255.0,192.168.31.1,"), got

@@ -23,7 +23,7 @@
 #                         received bytes go to the UART as they are, without framing.
 from firmware import at, bt, ctx, serial
 from firmware.at import AtError
-from firmware.commands.system import reading
+from firmware.commands.system import action, reading, setter, value
 
 
 def _name():
@@ -116,12 +116,12 @@ class _Sink:
 
 
 COMMANDS = {
-    "BTNAME": (_name, _name, _name_set, _name),
-    "BTPASSKEY": (_passkey, _passkey, _passkey_set, _passkey),
+    "BTNAME": value(_name, _name_set),
+    "BTPASSKEY": value(_passkey, _passkey_set),
     "BTMAC": reading(_mac),
-    "BTDISCOVERY": (_discovery, _discovery, _discovery_set, _discovery),
-    "BTEVENT": (_event, _event, _event_set, _event),
+    "BTDISCOVERY": value(_discovery, _discovery_set),
+    "BTEVENT": value(_event, _event_set),
     "BTSTATE": reading(_state),
-    "BTSEND": (None, None, _send, None),
-    "BTSENDRAW": (None, None, None, _sendraw),
+    "BTSEND": setter(_send),
+    "BTSENDRAW": action(_sendraw),
 }

@@ -5,6 +5,7 @@
 # host that waits for the prompt sends no data.
 from firmware import at
 from firmware.at import AtError
+from firmware.commands.system import setter, value
 
 _WHY = "no raw Ethernet frames on the ESP32 (MicroPython has no raw-frame API; moc108 only)"
 
@@ -26,6 +27,6 @@ def _send_set(p):
 
 
 COMMANDS = {
-    "ENETRAWMODE": (_mode_query, _mode_query, _mode_set, _mode_query),
-    "ENETRAWSEND": (None, None, _send_set, None),
+    "ENETRAWMODE": value(_mode_query, _mode_set),
+    "ENETRAWSEND": setter(_send_set),
 }

@@ -9,11 +9,18 @@
 #                  broker answers (stored while not connected: subscribed at each connect)
 #   AT+MQTTUNSUB=  OK, then +MQTTEVENT:<id>,UNSUBSCRIBE,SUCCESS | <id>,UNSUBSCRIBE,FAIL
 #   AT+MQTTSEND=   >, <len> bytes, OK, then +MQTTEVENT:PUBLISH,SUCCESS | PUBLISH,FAIL
-#                  (ERROR after the data if not connected or no AT+MQTTPUB topic)
+#                  (ERROR after the data if not connected or no AT+MQTTPUB topic). With 16
+#                  requests awaiting their acks, the OK waits up to 10 s for room (so does
+#                  AT+MQTTSUB/UNSUB): ERROR only if none comes.
 #   AT+MQTTCLOSE   OK, then +MQTTEVENT:CLOSE,SUCCESS if a session was started
 #   messages       +MQTTRECV:<sub id>,<len>,<payload>
-from firmware import at, ctx, events, mqtt, serial
-from firmware.commands.system import secret, switch, value
+# Extension: AT+MQTTERR? -> +MQTTERR:<why the session last failed> (empty if it never did).
+#
+# Subscriptions are configuration, like AT+MQTTPUB: AT+MQTTSUB=? lists them, they outlive
+# AT+MQTTCLOSE and a restart, and each connection subscribes them again (reported before
+# CONNECT,SUCCESS). AT+MQTTUNSUB forgets one.
+from firmware import at, ctx, events, mqtt, mqttpkt, serial
+from firmware.commands.system import action, reading, secret, setter, switch, value
 
 _USER_MAX = 256
 _PASS_MAX = 512  # cloud tokens (SAS, JWT) are long
@@ -98,11 +105,11 @@ def _sub_query():
 # Store the subscription, and subscribe now if connected (a topic that the id replaces is
 # unsubscribed). Re-sending the same subscription subscribes again (drivers retry until
 # they see the event).
-def _sub_set(p):
+async def _sub_set(p):
     at.count(p, 3)
     i = at.integer(p, 0, 0, mqtt.SUBS - 1)
     topic = at.text(p, 1, mqtt.TOPIC_MAX)
-    if not mqtt.valid_filter(topic):
+    if not mqttpkt.valid_filter(topic):
         raise at.AtError(at.E_PARAM, "parameter 2: not a valid topic filter")
     qos = at.integer(p, 2, 0, 2)
     s = mqtt.get()
@@ -111,17 +118,17 @@ def _sub_set(p):
     if s.up():
         try:
             if old and old[0] != topic:
-                s.unsubscribe(i, old[0], quiet=True)
-            s.subscribe(i)
-        except OSError:
-            s.broken()  # stored: subscribed again after the reconnect
+                await s.unsubscribe(i, old[0], quiet=True)
+            await s.subscribe(i)
+        except OSError as e:
+            s.broken(e)  # stored: subscribed again after the reconnect
     else:
         s.subs[i] = None
 
 
 # Forget the subscription; unsubscribe at the broker if connected. OK for an unused id
 # (drivers clear ids before subscribing).
-def _unsub_set(p):
+async def _unsub_set(p):
     at.count(p, 1)
     i = at.integer(p, 0, 0, mqtt.SUBS - 1)
     s = mqtt.get()
@@ -130,10 +137,10 @@ def _unsub_set(p):
         mqtt.store_sub(i, [])
     if old and s.up():
         try:
-            s.unsubscribe(i, old[0])
+            await s.unsubscribe(i, old[0])
             return
-        except OSError:
-            s.broken()  # the broker forgets it with the connection
+        except OSError as e:
+            s.broken(e)  # the broker forgets it with the connection
     s.subs[i] = mqtt.UNSUB_OK
     events.emit("MQTTEVENT", "{},{}".format(i, mqtt.UNSUB_OK))
 
@@ -146,7 +153,7 @@ def _pub_query():
 def _pub_set(p):
     at.count(p, 2)
     topic = at.text(p, 0, mqtt.TOPIC_MAX)
-    if not mqtt.valid_topic(topic):
+    if not mqttpkt.valid_topic(topic):
         raise at.AtError(at.E_PARAM, "parameter 1: wildcards in a publish topic")
     qos = at.integer(p, 1, 0, 2)
     ctx.settings.set("mqtt_pub", [topic, qos])
@@ -160,20 +167,24 @@ def _send_set(p):
     return serial.DataPhase(n, _send_data)
 
 
-def _send_data(data):
+async def _send_data(data):
     s = mqtt.get()
     if not s.up():
         s.pub = mqtt.PUB_FAIL
-        raise at.AtError(at.E_STATE, "MQTT is not connected")
+        why = ": " + s.error if s.error else ""
+        raise at.AtError(at.E_STATE, "MQTT is not connected" + why)
     if not ctx.settings["mqtt_pub"][0]:
         s.pub = mqtt.PUB_FAIL
         raise at.AtError(at.E_STATE, "no topic (AT+MQTTPUB)")
     try:
-        s.publish(data)
+        await s.publish(data)
     except OSError as e:
         s.pub = mqtt.PUB_FAIL
-        s.broken()
-        raise at.AtError(at.E_FAIL, "publish: {!r}".format(e))
+        s.broken(e)
+        raise at.AtError(at.E_FAIL, "publish: " + s.error)
+    except at.AtError:
+        s.pub = mqtt.PUB_FAIL
+        raise
 
 
 _ACTIONS = ("connect", "subscribe", "publish", "CONNECT", "SUBSCRIBE", "PUBLISH")
@@ -192,6 +203,10 @@ def _status_set(p):
     return "+MQTTSTATUS:" + word
 
 
+def _err_query():
+    return "+MQTTERR:" + mqtt.get().error
+
+
 COMMANDS = {
     "MQTTAUTH": value(_auth_query, _auth_set),
     "MQTTSOCK": value(_sock_query, _sock_set),
@@ -204,11 +219,12 @@ COMMANDS = {
     # ":" as the document writes it. Unlike "+WEVENT=ON", a driver's event matcher that takes
     # this line for an event finds no result word it knows in "ON", and ignores it.
     "MQTTEVENT": switch("mqttevent", "+MQTTEVENT:"),
-    "MQTTSTART": (None, None, None, _start),
+    "MQTTSTART": action(_start),
     "MQTTSUB": value(_sub_query, _sub_set),
     "MQTTPUB": value(_pub_query, _pub_set),
-    "MQTTSEND": (None, None, _send_set, None),
-    "MQTTUNSUB": (None, None, _unsub_set, None),
-    "MQTTSTATUS": (None, None, _status_set, None),
-    "MQTTCLOSE": (None, None, None, _close),
+    "MQTTSEND": setter(_send_set),
+    "MQTTUNSUB": setter(_unsub_set),
+    "MQTTSTATUS": setter(_status_set),
+    "MQTTCLOSE": action(_close),
+    "MQTTERR": reading(_err_query),
 }

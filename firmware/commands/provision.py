@@ -6,7 +6,7 @@
 # key), AT+SMARTHTTP (where the set-up page listens), AT+SMARTCFG? (the stored AirKiss ids).
 from firmware import at, ctx, provision
 from firmware.at import AtError
-from firmware.commands.system import secret
+from firmware.commands.system import secret, value
 
 _SOFTAP = 5
 _KEY_MAX = 63  # a WPA2 passphrase
@@ -81,7 +81,7 @@ def _http_set(p):
 COMMANDS = {
     "SMARTSTART": (_start_query, _start_query, _start_set, None),
     "SMARTSTOP": (None, None, _stop_set, provision.stop),
-    "SMARTCFG": (_cfg_query, _cfg_query, _cfg_set, _cfg_query),
-    "SMARTKEY": (_key_query, _key_query, _key_set, _key_query),
-    "SMARTHTTP": (_http_query, _http_query, _http_set, _http_query),
+    "SMARTCFG": value(_cfg_query, _cfg_set),
+    "SMARTKEY": value(_key_query, _key_set),
+    "SMARTHTTP": value(_http_query, _http_set),
 }

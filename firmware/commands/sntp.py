@@ -14,7 +14,7 @@
 # AT+RTCGET (also ? and =?) -> +RTCGET:<same format>: the RTC (kept in UTC) in the zone now
 #   configured.
 from firmware import at, ctx, sntp
-from firmware.commands.system import reading
+from firmware.commands.system import action, reading, value
 
 _DOMAIN_MAX = 64
 _HOST_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
@@ -62,7 +62,7 @@ def _rtcget():
 
 
 COMMANDS = {
-    "SNTPCFG": (_cfg_query, _cfg_query, _cfg_set, _cfg_query),
-    "SNTPTIME": (None, None, None, _time),
+    "SNTPCFG": value(_cfg_query, _cfg_set),
+    "SNTPTIME": action(_time),
     "RTCGET": reading(_rtcget),
 }

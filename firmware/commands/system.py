@@ -3,21 +3,25 @@ import gc
 
 import machine
 
-from firmware import at, board, ctx, serial, settings
+from firmware import at, board, ctx, registry, serial, settings
 from firmware.version import VERSION
 
 
-# A table row for an ON/OFF setting: AT+X? / AT+X=? / AT+X answer "<reply>ON|OFF",
+# Rows of the command table: (test "=?", query "?", set "=", bare) handlers, None where a form
+# is refused. Every group builds its rows with these (tools/cmdindex.py reads them).
+
+
+# A row for an ON/OFF setting: AT+X? / AT+X=? / AT+X answer "<reply>ON|OFF",
 # AT+X=ON|OFF sets it.
 def switch(key, reply):
     def query():
         return reply + at.word(ctx.settings[key])
 
-    def setter(p):
+    def store(p):
         at.count(p, 1)
         ctx.settings.set(key, at.on_off(p, 0))
 
-    return (query, query, setter, query)
+    return (query, query, store, query)
 
 
 # Row for a value with a query and a setter: "=?", "?" and the bare command all answer it.
@@ -28,6 +32,16 @@ def value(query, setter):
 # Row for a value that can only be read: every form but "=" answers it.
 def reading(fn):
     return (fn, fn, None, fn)
+
+
+# Row for a command that takes parameters ("=" only).
+def setter(fn):
+    return (None, None, fn, None)
+
+
+# Row for a command without parameters (the bare form only).
+def action(fn):
+    return (None, None, None, fn)
 
 
 def _ok():
@@ -42,7 +56,9 @@ def _systime():
     return "+SYSTIME:{}".format(ctx.uptime_ms())
 
 
+# The free heap once idle groups are released (registry.py): what the host can count on.
 def _memfree():
+    registry.release()
     gc.collect()
     return "+MEMFREE:{}".format(gc.mem_free())
 
@@ -73,6 +89,12 @@ def _sleep():
     pin = machine.Pin(board.WAKE_PIN, machine.Pin.IN, machine.Pin.PULL_UP)
     esp32.wake_on_ext0(pin, esp32.WAKEUP_ALL_LOW)
     machine.deepsleep()
+
+
+# Extension (AT+CMD?, AT+HELP): every command and the forms it accepts, from the command index
+# (no group is loaded for it).
+def _commands():
+    return registry.listing()
 
 
 # Extension: the reason of the most recent ERROR.
@@ -110,19 +132,21 @@ def _secrets_set(p):
 
 
 COMMANDS = {
-    "": (None, None, None, _ok),
+    "": action(_ok),
     "FWVER": reading(_fwver),
     "SYSTIME": reading(_systime),
     "MEMFREE": reading(_memfree),
-    "FACTORY": (None, None, None, _factory),
-    "REBOOT": (None, None, None, _reboot),
+    "FACTORY": action(_factory),
+    "REBOOT": action(_reboot),
     "FLASHLOCK": switch("flashlock", "+FLASHLOCK:"),
     # "=" rather than ":" as the document writes it: a "+WEVENT:" prefix would be taken
     # for an event by every driver's event matcher (wire notes).
     "WEVENT": switch("wevent", "+WEVENT="),
     "CIPEVENT": switch("cipevent", "+CIPEVENT="),
-    "STANDBY": (None, None, None, _standby),
+    "STANDBY": action(_standby),
     "ERRNO": reading(_errno),
     "ERRVERBOSE": switch("verbose_errors", "+ERRVERBOSE:"),
     "SECRETS": value(_secrets_query, _secrets_set),
+    "CMD": (None, _commands, None, None),
+    "HELP": action(_commands),
 }

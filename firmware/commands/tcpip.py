@@ -12,15 +12,19 @@
 #   AT+CIPRECV=...     +CIPRECV=<len>,<data> (the document's "=")
 # Extensions: AT+CIPERR=<id> (why the link last failed), AT+CIPDROPS=<id> (UDP datagrams
 # dropped in pull mode).
+import os
 import socket
 
-from firmware import at, certs, ctx, links, serial
+from micropython import const
+
+from firmware import at, certs, ctx, links, serial, settings
 from firmware.at import AtError
-from firmware.commands.system import refuse_if_hidden, value
+from firmware.commands.system import action, refuse_if_hidden, setter, value
 
 _CTRL_Z = b"\x1a"
 _PRIVATE_KEY = 2  # the spec's certificate types: 0 root, 1 client certificate, 2 private key, 3 CRL
 _HOST_MAX = 253
+CERT_MAX = const(16384)  # a certificate chain or key: a real CA chain is 6.5 KB and more
 
 
 def _id(p, i=0):
@@ -48,9 +52,8 @@ def _start(p):
         at.count(p, 4, 5)
         host = at.text(p, 2, _HOST_MAX)
         rport = _port(p, 3)
-        if typ.startswith("udp"):
-            at.count(p, 5)
-        lport = _port(p, 4, lo=0) if len(p) == 5 else 0  # 0: any
+        # no local port (EWF's udp_unicast, wire notes), or an empty one: 0, any
+        lport = _port(p, 4, lo=0) if len(p) == 5 and p[4] is not None else 0
     links.open_link(lid, typ, host, rport, lport)
 
 
@@ -154,16 +157,55 @@ def _domain(p):
     return ips
 
 
+# AT+SSLCERTSET's data, written to a temporary file as it streams in (a chain can be larger
+# than any RAM buffer) and put in place by commit(); abort() leaves the stored one as it was.
+class Upload:
+    def __init__(self, kind):
+        self.kind = kind
+        self.size = 0
+        self._tmp = certs.path(kind) + ".part"
+        settings.mkdirs(self._tmp)
+        self._f = open(self._tmp, "wb")
+
+    def write(self, mv):
+        self.size += len(mv)
+        if self.size > CERT_MAX:
+            raise AtError(at.E_PARAM, "certificate longer than {}".format(CERT_MAX))
+        self._f.write(mv)
+
+    def abort(self):
+        self._f.close()
+        _remove(self._tmp)
+
+    # The new text replaces the stored one once certs.check() found it readable (garbage is
+    # refused with a reason and nothing stored): written atomically with its line endings
+    # normalised or, under FLASHLOCK, held in RAM.
+    def commit(self):
+        self._f.close()
+        try:
+            if not self.size:
+                raise AtError(at.E_PARAM, "empty certificate")
+            data = certs.check(self.kind, self._tmp)
+        finally:
+            _remove(self._tmp)
+        if ctx.settings["flashlock"]:
+            certs.held[self.kind] = data
+        else:
+            settings.write_file(certs.path(self.kind), data)
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass  # gone already
+
+
+# The text streams to flash as it comes (Upload): any length up to CERT_MAX.
 def _certset(p):
     at.count(p, 1)
-    kind = at.integer(p, 0, 0, 3)
-
-    def done(data):
-        if not data:
-            raise AtError(at.E_PARAM, "empty certificate")
-        certs.store(kind, data)
-
-    return serial.DataPhase(0, done, end=_CTRL_Z)
+    upload = Upload(at.integer(p, 0, 0, 3))
+    return serial.DataPhase(0, lambda _: upload.commit(), end=_CTRL_Z, sink=upload)
 
 
 def _certget(p):
@@ -190,18 +232,18 @@ def _drops(p):
 
 
 COMMANDS = {
-    "SSLCERTGET": (None, None, _certget, None),
-    "SSLCERTSET": (None, None, _certset, None),
-    "CIPDOMAIN": (None, None, _domain, None),
-    "CIPAUTOCONN": (None, None, _autoconn, None),
-    "CIPSSLOPT": (None, None, _sslopt, None),
-    "CIPSTART": (None, None, _start, None),
-    "CIPSTOP": (None, None, _stop, None),
-    "CIPSTATUS": (None, None, _status, None),
-    "CIPSEND": (None, None, _send, None),
-    "CIPSENDRAW": (None, None, None, _sendraw),
-    "CIPRECV": (None, None, _recv, None),
+    "SSLCERTGET": setter(_certget),
+    "SSLCERTSET": setter(_certset),
+    "CIPDOMAIN": setter(_domain),
+    "CIPAUTOCONN": setter(_autoconn),
+    "CIPSSLOPT": setter(_sslopt),
+    "CIPSTART": setter(_start),
+    "CIPSTOP": setter(_stop),
+    "CIPSTATUS": setter(_status),
+    "CIPSEND": setter(_send),
+    "CIPSENDRAW": action(_sendraw),
+    "CIPRECV": setter(_recv),
     "CIPRECVCFG": value(_recvcfg_query, _recvcfg_set),
-    "CIPERR": (None, None, _err, None),
-    "CIPDROPS": (None, None, _drops, None),
+    "CIPERR": setter(_err),
+    "CIPDROPS": setter(_drops),
 }

@@ -3,7 +3,7 @@ import sys
 
 from firmware import at, ctx, wifi
 from firmware.at import AtError
-from firmware.commands.system import reading, secret, switch, value
+from firmware.commands.system import action, reading, secret, switch, value
 
 _SSID_MAX = 32
 _KEY_MAX = 64
@@ -157,10 +157,10 @@ COMMANDS = {
     "WDHCP": switch("dhcp", "+WDHCP:"),
     "WSAPIP": value(_sapip_query, _sapip_set),
     "WSAP": (_sap_query, _sap_query, _sap_set, None),
-    "WSAPQ": (None, None, None, _sapq),
+    "WSAPQ": action(_sapq),
     "WSAPS": reading(_saps),
     "WJAPIP": value(_japip_query, _japip_set),
     "WJAP": (_jap_stored, _jap_live, _jap_set, None),
-    "WJAPQ": (None, None, None, _japq),
+    "WJAPQ": action(_japq),
     "WJAPS": reading(_japs),
 }

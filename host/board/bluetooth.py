@@ -1,4 +1,5 @@
 # bluetooth.py: MicroPython's bluetooth module (ESP32, NimBLE) on the PC, peripheral role.
+# C source: extmod/modbluetooth.c, extmod/nimble/modbluetooth_nimble.c (v1.24.0).
 #
 # The radio is bumble, running in the launcher (host/btbridge.py); this talks to it over TCP
 # (EMW_BT = host:port) with the frames that file describes. What the firmware sees follows
@@ -20,6 +21,7 @@
 # Central role, scanning, L2CAP and the GATT client are not provided (OSError EOPNOTSUPP).
 
 import asyncio
+import errno
 import json
 import os
 import select
@@ -59,6 +61,8 @@ _RPC_TIMEOUT_MS = const(5000)
 _EOPNOTSUPP = const(95)
 _ENOMEM = const(12)
 _ENOTCONN = const(107)
+_EINVAL = const(22)
+_GAP_NAME_MAX = const(31)  # NimBLE's BLE_SVC_GAP_DEVICE_NAME_MAX_LENGTH (extmod/nimble/syscfg)
 
 FLAG_READ = const(0x0002)
 FLAG_WRITE_NO_RESPONSE = const(0x0004)
@@ -216,7 +220,7 @@ class BLE:
         waited = 0
         while reply not in self._replies:
             if waited >= _RPC_TIMEOUT_MS:
-                raise OSError(110)  # ETIMEDOUT
+                raise OSError(errno.ETIMEDOUT)  # the chip's number (newlib 116)
             p.poll(50)
             waited += 50
             if not self._fill():
@@ -351,7 +355,10 @@ class BLE:
             raise ValueError("unknown config param")
         for key, v in kw.items():
             if key == "gap_name":
-                v = v.decode() if isinstance(v, (bytes, bytearray)) else str(v)
+                v = bytes(v, "utf-8") if isinstance(v, str) else bytes(v)
+                if len(v) > _GAP_NAME_MAX:
+                    raise OSError(_EINVAL)
+                v = v.decode()
             elif key == "mtu":
                 if not 23 <= v <= 517:
                     raise ValueError("bad mtu")

@@ -1,8 +1,8 @@
 # esp32.py: the esp32 module on the PC (MicroPython, unix port).
 #
 # wake_on_ext0/ext1 record the wake pin (the launcher's "wake" control op pulls it); NVS keeps
-# its namespaces in STATE/nvs.json; Partition models the flash partitions of the OTA partition
-# table, the otadata that selects the app to boot, and the bootloader's app rollback.
+# its namespaces in STATE/nvs.json; Partition models the partition table of the flashed image,
+# the otadata that selects the app to boot, and the bootloader's app rollback.
 
 import json
 import os
@@ -108,13 +108,17 @@ class NVS:
 
 # ----- Partitions, OTA and app rollback
 #
-# The partition table of MicroPython's ESP32 OTA builds (partitions-ota.csv). Each partition's
-# bytes live in STATE/part-<label>.bin (created on first write; what lies beyond the file reads
-# as erased flash, 0xFF), except vfs, which is the flash image start.py mounts. ota_0 holds the
+# The partition table of the image the launcher says was flashed ($EMW_IMAGE, `--image`):
+# ESP32_GENERIC (ports/esp32/partitions-4MiB.csv at v1.24.0, named by boards/sdkconfig.base)
+# has one factory app and no otadata; ESP32_GENERIC-OTA (boards/ESP32_GENERIC/sdkconfig.ota:
+# partitions-4MiB-ota.csv) has ota_0/ota_1. Each partition's bytes live in
+# STATE/part-<label>.bin (created on first write; what lies beyond the file reads as erased
+# flash, 0xFF), except vfs, which is the flash image start.py mounts. The first app holds the
 # image esptool flashed at the factory: it reads as a valid app image.
 #
-# STATE/otadata.json stands for the otadata partition: the app the bootloader starts and each
-# app's state, as ESP-IDF keeps them with CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE:
+# STATE/otadata.json stands for the otadata partition (OTA image only): the app the bootloader
+# starts and each app's state, as ESP-IDF keeps them with CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE
+# (boards/sdkconfig.base):
 #   set_boot()                         -> that app is NEW and selected
 #   boot of a NEW app (_bootloader())  -> PENDING_VERIFY, it runs
 #   mark_app_valid_cancel_rollback()   -> the running PENDING_VERIFY app is VALID
@@ -122,19 +126,30 @@ class NVS:
 #                                          flashed by esptool) is selected and runs
 # The file is replaced atomically (two otadata sectors with sequence numbers on the chip).
 
-_PARTS = (
+_GENERIC = (
     # type, subtype, address, size, label
     (1, 0x02, 0x9000, 0x6000, "nvs"),
-    (1, 0x00, 0xF000, 0x2000, "otadata"),
-    (1, 0x01, 0x11000, 0x1000, "phy_init"),
-    (0, 0x10, 0x20000, 0x180000, "ota_0"),
-    (0, 0x11, 0x1A0000, 0x180000, "ota_1"),
-    (1, 0x81, 0x320000, 0x200000, "vfs"),
+    (1, 0x01, 0xF000, 0x1000, "phy_init"),
+    (0, 0x00, 0x10000, 0x1F0000, "factory"),
+    (1, 0x81, 0x200000, 0x200000, "vfs"),
 )
-_APPS = ("ota_0", "ota_1")
+_OTA = (
+    (1, 0x02, 0x9000, 0x4000, "nvs"),
+    (1, 0x00, 0xD000, 0x2000, "otadata"),
+    (1, 0x01, 0xF000, 0x1000, "phy_init"),
+    (0, 0x10, 0x10000, 0x180000, "ota_0"),
+    (0, 0x11, 0x190000, 0x180000, "ota_1"),
+    (1, 0x81, 0x310000, 0x0F0000, "vfs"),
+)
+_HAS_OTA = os.getenv("EMW_IMAGE") == "generic-ota"
+_PARTS = _OTA if _HAS_OTA else _GENERIC
+_APPS = ("ota_0", "ota_1") if _HAS_OTA else ()
+_FACTORY_APP = _PARTS[3 if _HAS_OTA else 2][4]  # what esptool flashed
 _SECTOR = const(4096)
 _IMAGE_MAGIC = const(0xE9)  # first byte of an ESP app image (esp_image_header_t.magic)
+_ENOENT = const(2)  # MP_ENOENT: esp32_partition_new() of a partition that is not there
 _ERR_INVALID_SIZE = const(0x104)
+_ERR_NO_PARTITION = const(0x105)  # ESP_ERR_NOT_FOUND
 _ERR_INVALID_ARG = const(0x102)
 _ERR_OTA_VALIDATE_FAILED = const(0x1503)
 _VALID = ("VALID", "UNDEFINED")
@@ -148,6 +163,8 @@ def _state_path(name):
 
 
 def _otadata():
+    if not _HAS_OTA:
+        return {"boot": _FACTORY_APP, "state": {}}  # no otadata partition: the factory app
     try:
         with open(_state_path("otadata.json")) as f:
             d = json.load(f)
@@ -203,6 +220,7 @@ def _running_label():
     return _running
 
 
+# ports/esp32/esp32_partition.c (v1.24.0)
 class Partition:
     BOOT = const(0)
     RUNNING = const(1)
@@ -214,12 +232,14 @@ class Partition:
             id = _otadata()["boot"]
         elif id == Partition.RUNNING:
             id = _running_label()
+        elif not isinstance(id, str):
+            raise ValueError
         for p in _PARTS:
             if p[4] == id:
                 self._p = p
                 break
         else:
-            raise ValueError("partition not found")
+            raise OSError(_ENOENT)
         if block_size < 1 or block_size & (block_size - 1):
             raise ValueError("invalid block size")
         self._bs = block_size
@@ -254,7 +274,7 @@ class Partition:
         n = len(buf)
         for i in range(n):
             buf[i] = 0xFF
-        if self._p[4] == "ota_0" and addr == 0 and n:
+        if self._p[4] == _FACTORY_APP and addr == 0 and n:
             buf[0] = _IMAGE_MAGIC  # the factory image flashed by esptool
         try:
             f = open(self._file(), "rb")
@@ -286,7 +306,7 @@ class Partition:
         if addr % _SECTOR or n % _SECTOR:
             _err(_ERR_INVALID_SIZE, "ESP_ERR_INVALID_SIZE")
         self._check(addr, n)
-        if self._p[4] == "ota_0" and addr == 0 and n:
+        if self._p[4] == _FACTORY_APP and addr == 0 and n:
             self._write(0, b"\xff")  # the factory image is gone once its first sector is
         self._write(addr, b"\xff" * n)
 
@@ -323,16 +343,19 @@ class Partition:
 
     # ----- OTA
 
-    # The app partition after this one (esp_ota_get_next_update_partition).
+    # The app partition after this one (esp_ota_get_next_update_partition); none without OTA
+    # partitions: esp32_partition_new(NULL) raises OSError(ENOENT).
     def get_next_update(self):
-        if self._p[4] not in _APPS:
-            _err(0x105, "ESP_ERR_NOT_FOUND")
-        i = _APPS.index(self._p[4])
-        return Partition(_APPS[(i + 1) % len(_APPS)], self._bs)
+        if self._p[0] != Partition.TYPE_APP or not _APPS:
+            raise OSError(_ENOENT)
+        i = _APPS.index(self._p[4]) if self._p[4] in _APPS else -1
+        return Partition(_APPS[(i + 1) % len(_APPS)])
 
     # Boot this app at the next reset (esp_ota_set_boot_partition): it must hold a valid image.
     def set_boot(self):
         label = self._p[4]
+        if not _APPS:
+            _err(_ERR_NO_PARTITION, "ESP_ERR_NOT_FOUND")  # no otadata partition
         if label not in _APPS:
             _err(_ERR_INVALID_ARG, "ESP_ERR_INVALID_ARG")
         head = bytearray(1)
@@ -347,6 +370,8 @@ class Partition:
     # The running app works: cancel the rollback the bootloader would do at the next boot.
     @staticmethod
     def mark_app_valid_cancel_rollback():
+        if not _APPS:
+            _err(_ERR_NO_PARTITION, "ESP_ERR_NOT_FOUND")  # no otadata partition to write
         d = _otadata()
         run = _running_label()
         s = d["state"].get(run, "UNDEFINED")

@@ -14,6 +14,7 @@ finally:
     sys.path = _path
     del _path
 
+import errno
 import io
 import json
 import os
@@ -33,6 +34,7 @@ _MP_STREAM_CLOSE = const(4)
 _MP_STREAM_GET_FILENO = const(10)
 _POLL_RD = const(0x0001)
 _POLL_WR = const(0x0004)
+_TICK_MS = const(10)  # a FreeRTOS tick: ESP-IDF's default CONFIG_FREERTOS_HZ=100
 
 # reset_cause() values (esp32 modmachine.h)
 PWRON_RESET = const(1)
@@ -229,7 +231,9 @@ def _civil(z):
 
 
 # The clock: the host's UTC time plus an offset (microseconds) kept in STATE/rtc, so a time set
-# by the firmware survives resets, deep sleep and power cuts (as with a backup battery).
+# by the firmware survives resets and deep sleep. A power-on starts it at 2000-01-01 00:00:00:
+# the ESP32 keeps its time in the RTC domain, which loses it with the power
+# (ports/esp32/machine_rtc.c; the chip has no backup battery).
 class RTC:
     def __init__(self, id=0):
         try:
@@ -274,6 +278,16 @@ class RTC:
         return None
 
 
+# At power-on of the virtual module (host/launcher.py sets EMW_STATE), the RTC reads
+# 2000-01-01 00:00:00.
+def _rtc_power_on():
+    with open(_state("rtc"), "w") as f:
+        f.write(str(_days(2000, 1, 1) * 86400000000 - time.time_ns() // 1000))
+
+
+if os.getenv("EMW_STATE") and reset_cause() == PWRON_RESET:
+    _rtc_power_on()
+
 _uarts = {}  # id -> socket: every UART(id) object uses the same connection, like one peripheral
 _NOT_GIVEN = object()
 
@@ -302,7 +316,9 @@ class UART(io.IOBase):
             "timeout": 0,
             "timeout_char": 0,
             "rxbuf": 256,
+            "txbuf": 256,
         }
+        self._unsent = 0  # bytes written while the host held CTS
         self._s = None
         self.init(baudrate, bits, parity, stop, **kw)
 
@@ -311,7 +327,7 @@ class UART(io.IOBase):
         for k, v in (("baudrate", baudrate), ("bits", bits), ("parity", parity), ("stop", stop)):
             if v is not _NOT_GIVEN:
                 c[k] = v
-        for k in ("flow", "timeout", "timeout_char", "rxbuf"):
+        for k in ("flow", "timeout", "timeout_char", "rxbuf", "txbuf"):
             if k in kw:
                 c[k] = kw[k]
         if c["bits"] not in (5, 6, 7, 8) or c["stop"] not in (1, 1.5, 2):
@@ -324,6 +340,9 @@ class UART(io.IOBase):
             # TCP_NODELAY: without it Nagle holds a response written after its echo until the
             # launcher's delayed ACK (40 ms).
             s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
+            # SOL_SOCKET, SO_SNDBUF: what the connection holds is the TX ring (board.UART_TXBUF),
+            # so a host that stops reading stops write() as soon as a board's would
+            s.setsockopt(1, 7, kw.get("txbuf", 4096))
             s.connect(_addr("EMW_UART"))
             s.setblocking(False)
             _uarts[self._id] = self._s = s
@@ -425,7 +444,26 @@ class UART(io.IOBase):
                 break
         return bytes(out) if out else None
 
+    # ports/esp32/machine_uart.c (v1.24.0). With CTS flow control, a host that holds CTS stops
+    # the transmitter: the launcher keeps STATE/cts.hold while it holds (its "cts" control op).
+    def _cts_held(self):
+        if not self._cfg["flow"] & UART.CTS:
+            return False
+        try:
+            os.stat(_state("cts.hold"))
+            return True
+        except OSError:
+            return False
+
+    # uart_write_bytes() returns once the bytes are in the TX ring; a full ring (CTS held)
+    # blocks it until there is room.
     def write(self, buf):
+        if self._cts_held():
+            self._unsent += len(buf)
+            while self._unsent > self._cfg["txbuf"] and self._cts_held():
+                time.sleep_ms(_TICK_MS)
+        else:
+            self._unsent = 0
         n = self._s.write(buf)  # non-blocking: all, part, or None
         if n == len(buf):
             return n  # the usual case, no allocation
@@ -444,11 +482,19 @@ class UART(io.IOBase):
                 p.poll(100)
         return off
 
+    # MP_STREAM_FLUSH: uart_wait_tx_done() for (3 + txbuf) * 26000 / baudrate ticks, then
+    # OSError(ETIMEDOUT). Unless CTS is held, the launcher has the bytes: done.
     def flush(self):
-        pass  # write() returns once the bytes are handed to the launcher
+        c = self._cfg
+        ms = (3 + c["txbuf"]) * 26000 // c["baudrate"] * _TICK_MS
+        t0 = time.ticks_ms()
+        while self._cts_held():
+            if time.ticks_diff(time.ticks_ms(), t0) >= ms:
+                raise OSError(errno.ETIMEDOUT)
+            time.sleep_ms(_TICK_MS)
 
     def txdone(self):
-        return True
+        return not self._cts_held()
 
     def sendbreak(self):
         pass
@@ -467,6 +513,7 @@ class UART(io.IOBase):
         if req == _MP_STREAM_GET_FILENO:
             return self._s.fileno()
         if req == _MP_STREAM_FLUSH:
+            self.flush()
             return 0
         if req == _MP_STREAM_CLOSE:
             return 0

@@ -14,18 +14,23 @@ AP_IF = const(1)
 STAT_IDLE = const(1000)
 STAT_CONNECTING = const(1001)
 STAT_GOT_IP = const(1010)
-# Disconnect reasons from ESP-IDF (wifi_err_reason_t), passed through by status()
+# Disconnect reasons from ESP-IDF v5.2 (wifi_err_reason_t), passed through by status();
+# the STAT_ names are those of ports/esp32/modnetwork_globals.h at v1.24.0.
 STAT_BEACON_TIMEOUT = const(200)
 STAT_NO_AP_FOUND = const(201)
 STAT_WRONG_PASSWORD = const(202)
 STAT_ASSOC_FAIL = const(203)
-STAT_CONNECT_FAIL = const(203)
 STAT_HANDSHAKE_TIMEOUT = const(204)
 STAT_NO_AP_FOUND_W_COMPATIBLE_SECURITY = const(210)
 STAT_NO_AP_FOUND_IN_AUTHMODE_THRESHOLD = const(211)
 STAT_NO_AP_FOUND_IN_RSSI_THRESHOLD = const(212)
+_AUTH_EXPIRE = const(2)
 _ASSOC_LEAVE = const(8)  # reason after disconnect()/active(False): status() says IDLE
+_4WAY_HANDSHAKE_TIMEOUT = const(15)
 _CONN_FAIL = const(205)
+# What a wrong key ends with (an AP's "wrong_key_reason"), and a missing AP ("noap_reason")
+_WRONG_KEY_REASONS = (_4WAY_HANDSHAKE_TIMEOUT, _AUTH_EXPIRE, STAT_WRONG_PASSWORD, 204, 205)
+_NOAP_REASONS = (STAT_NO_AP_FOUND, 210, 211, 212)
 
 AUTH_OPEN = const(0)
 AUTH_WEP = const(1)
@@ -66,9 +71,10 @@ _world = {}  # last good parse of the world file
 _wsig = None  # (path, inode, size, mtime) of that file
 _wt = None  # ticks of the last check
 _host = ["mpy-esp32", "XX"]  # hostname, country
-_dns = _ZERO  # lwIP's one DNS server, shared by both interfaces
+_dns = _ZERO  # lwIP's DNS server (dns_getserver(0)), shared by every interface
 _mac = None
 _ifs = [None, None]
+_mode = 1  # esp_wifi_get_mode(): bit 0 STA, bit 1 AP
 
 
 # The world as last read; re-read when the file was replaced or changed. Before a new world
@@ -98,6 +104,18 @@ def _w():
 
 def _opt(ap, k, d):
     return ap.get(k, _world.get(k, d))
+
+
+# A reason from the world, if it is one the chip gives for that failure
+def _reason(where, k, allowed):
+    r = where.get(k, allowed[0])
+    return r if r in allowed else allowed[0]
+
+
+# Can traffic flow: the station has an address, or the soft AP is up (for the socket stand-in)
+def _up():
+    sta, ap = _ifs[STA_IF], _ifs[AP_IF]
+    return bool(ap and ap._act) or bool(sta and sta.isconnected())
 
 
 def _bmac(s):
@@ -169,6 +187,13 @@ def ipconfig(*args, **kw):
         _dns = v
 
 
+# An interface has an address: the STA got one, or the AP is active (host/board/socket.py lets
+# DNS work only then, as lwIP has no resolver before).
+def _up():
+    sta, ap = _ifs
+    return bool(ap and ap._act) or bool(sta and sta._act and sta.isconnected())
+
+
 def phy_mode(mode=None):
     return None
 
@@ -215,6 +240,7 @@ class WLAN:
             if if_id == AP_IF:
                 o._cfg["ssid"] = "ESP_%02X%02X%02X" % tuple(o._mac[3:])
                 o._ip = ("192.168.4.1", "255.255.255.0", "192.168.4.1")
+                o._offer_dns = _ZERO  # the DNS server its DHCP server offers
                 o._pub = None  # last .ap.json text written
             else:
                 o._ip = (_ZERO, _ZERO, _ZERO)  # static address when DHCP is off
@@ -242,9 +268,17 @@ class WLAN:
             if self._if == STA_IF and on and not self._act:
                 self._tries = 0  # STA_START
             self._act = on
+            self._set_mode()
             if self._if == AP_IF:
                 self._publish()
         return self._act
+
+    # network_wlan_active: esp_wifi_set_mode() unless no interface stays on (then only stop)
+    def _set_mode(self):
+        global _mode
+        m = sum(1 << i for i in (STA_IF, AP_IF) if _ifs[i] and _ifs[i]._act)
+        if m:
+            _mode = m
 
     def _need(self, if_id):
         if self._if != if_id:
@@ -312,14 +346,14 @@ class WLAN:
     def _assoc_done(self, t):
         ap = _find(self._cfg["ssid"], self._bssid)
         if ap is None:
-            return self._drop(STAT_NO_AP_FOUND, t)
+            return self._drop(_reason(_world, "noap_reason", _NOAP_REASONS), t)
         refuse = ap.get("refuse")
         if refuse == "assoc":
             return self._drop(STAT_ASSOC_FAIL, t)
         if refuse == "handshake":
             return self._drop(STAT_HANDSHAKE_TIMEOUT, t)
         if not _key_ok(ap, self._cfg["key"]):
-            return self._drop(STAT_WRONG_PASSWORD, t)
+            return self._drop(_reason(ap, "wrong_key_reason", _WRONG_KEY_REASONS), t)
         self._ap = ap.get("bssid", "")
         self._ph = _DHCP
         if refuse == "dhcp":
@@ -417,11 +451,14 @@ class WLAN:
                 out.append(s)
         return out
 
+    # network_wlan_scan: the mode must include STA (ESP-IDF's mode is STA until active() sets
+    # another, and stays the last one set after everything is switched off); a scan of a
+    # stopped radio fails inside esp_wifi_scan_start, which the port turns into [].
     def scan(self):
-        if not self._act or self._if != STA_IF:
-            if not (_ifs[0] and _ifs[0]._act) and not (_ifs[1] and _ifs[1]._act):
-                raise OSError("Wifi Not Started")
+        if not _mode & (1 << STA_IF):
             raise OSError("STA must be active")
+        if not any(i and i._act for i in _ifs):
+            return []
         sleep_ms(_w().get("scan_ms", _SCAN_MS))  # blocking, as on the board
         self._tick()
         if self._ph == _ASSOC:
@@ -444,10 +481,14 @@ class WLAN:
         self._tick()
         return self._lease if self._ph == _UP else (_ZERO, _ZERO, _ZERO)
 
+    # ports/esp32/network_common.c esp_ifconfig, over esp-netif (esp_netif_lwip.c): the DNS of
+    # the STA is lwIP's one resolver (dns_setserver), the DNS of the soft AP is the one its DHCP
+    # server offers to phones (dhcps_dns_setserver): configuring the AP leaves the resolver be.
     def ifconfig(self, conf=None):
         global _dns
         if conf is None:
-            return self._addr() + (_dns,)  # noqa: RUF005 (no (*a, b) in MicroPython)
+            dns = self._offer_dns if self._if == AP_IF else _dns
+            return self._addr() + (dns,)  # noqa: RUF005 (no (*a, b) in MicroPython)
         if isinstance(conf, str):
             if self._if != STA_IF or conf != "dhcp":
                 raise ValueError("invalid arguments")
@@ -457,8 +498,13 @@ class WLAN:
         if isinstance(mask, int):
             mask = _mask(mask)
         self._ip = (ip, mask, gw)
-        _dns = dns
         self._static()
+        if dns == _ZERO:  # esp_netif_set_dns_info: ESP_ERR_ESP_NETIF_INVALID_PARAMS
+            raise RuntimeError("Wifi Unknown Error 0x5001")
+        if self._if == AP_IF:
+            self._offer_dns = dns
+        else:
+            _dns = dns
 
     # A static address was set: DHCP client off (STA), or the soft AP renumbered
     def _static(self):

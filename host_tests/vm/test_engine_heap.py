@@ -1,5 +1,6 @@
 # MicroPython VM: the engine's output paths allocate nothing (run under heap_lock), so a
-# response, an event, pushed data and transparent-mode bytes cost no heap however many.
+# response, an event, data events (send) and transparent-mode bytes cost no heap however many.
+import asyncio
 import io
 import sys
 
@@ -30,20 +31,51 @@ uart = Uart()
 eng = serial.Serial(uart, {}, Settings())
 line = b"+FWVER:esp32_AT_v2.0.0"
 payload = memoryview(bytearray(b"x" * 1024))
-header = b"+CIPEVENT:SOCKET,0,1024,"
+item = (b"+CIPEVENT:SOCKET,0,1024,", payload)
 lines = (line,)
+
+
+def produce():
+    return item
+
+
+eng._free.set()
+framed = eng.send(produce)
+raw = eng.send(produce, uart)
+eng.sink = uart  # transparent mode for the source `uart`
+coros = (framed, raw)
 
 micropython.heap_lock()
 try:
-    eng._begin()
+    eng._begin("test")
     eng._finish(lines)
     eng._write_event(b"+WEVENT:STATION_UP")
-    eng.push(header, payload)
-    eng.raw(payload)
+    eng._free.set()  # as _release() does when the line is free
+    for coro in coros:
+        try:
+            coro.send(None)
+        except StopIteration:
+            pass
 finally:
     micropython.heap_unlock()
 
 out = bytes(uart.out[: uart.n])
 assert out.startswith(b"\r\n+FWVER:esp32_AT_v2.0.0\r\n\r\nOK\r\n\r\n+WEVENT:STATION_UP\r\n"), out
-assert out.endswith(b"x" * 1024)
+assert out.endswith(b"x" * 1024 + b"\r\n" + b"x" * 1024)
+
+
+# A MemoryError in a handler: ERROR, and AT+ERRNO's reason names the command (no restart).
+def starved(params):
+    raise MemoryError
+
+
+uart.n = 0
+eng = serial.Serial(uart, {"CIPSTART": (None, None, starved, None)}, Settings())
+line = b"AT+CIPSTART=0,udp_unicast,1.2.3.4,5\r"
+eng._rx[: len(line)] = line
+asyncio.run(eng._take_line(eng._rxmv, 0, len(line)))
+assert bytes(uart.out[: uart.n]) == b"\r\nERROR\r\n", bytes(uart.out[: uart.n])
+assert eng.last_error == (10, "out of memory while AT+CIPSTART"), eng.last_error
+eng.out_of_memory("reading the UART")
+assert eng.last_error[1] == "out of memory while reading the UART"
 print("OK")

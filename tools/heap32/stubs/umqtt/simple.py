@@ -1,0 +1,6 @@
+class MQTTException(Exception):
+    pass
+
+
+class MQTTClient:
+    pass

@@ -5,16 +5,18 @@
 #
 # Memory comes back: a group's modules (its command module and every module its import
 # brought in, such as its feature module) are released (dropped from sys.modules, then
-# gc.collect()) once the group is idle, when memory is needed: before another group loads with
-# less than _RESERVE bytes free, when an import runs out of memory, and at AT+MEMFREE (so the
-# host reads what is really available). Idle means nothing of the feature runs: its module's
+# gc.collect()) once the group is idle, before another group loads and at AT+MEMFREE (so the
+# host reads what is really available). So the heap holds the system group, the features
+# that run and the group last used, never a group kept "while there is room": what a feature
+# needs once loaded (TLS contexts, buffers) is not known at its import, and a fixed reserve
+# was either more than a 110 KiB heap has free after boot or less than MQTT over TLS takes.
+# A host that alternates groups pays a re-import (milliseconds), not memory. Idle means nothing of the feature runs: its module's
 # idle() says so (_IDLE); a group without one keeps no state between commands. The system
 # group (AT, the engine's own commands) is never released. Settings live in the schema and
 # stay loaded (firmware/schema.py), so a released group loses no setting.
 import gc
 import sys
 
-_RESERVE = 48 * 1024  # the biggest group's import and working buffers, with margin
 # The module whose idle() tells whether a group's feature is running.
 _IDLE = {
     "tcpip": "firmware.links",
@@ -157,14 +159,8 @@ def get(name):
 def load(group):
     if group in _loaded:
         return
-    gc.collect()
-    if gc.mem_free() < _RESERVE:
-        release()
-    try:
-        _import(group)
-    except MemoryError:
-        release()
-        _import(group)
+    release()
+    _import(group)
 
 
 def _import(group):

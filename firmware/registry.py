@@ -179,9 +179,8 @@ def idle(group):
 def release():
     groups = [g for g in _loaded if g != "system" and idle(g)]
     for group in groups:
-        for name, g, _ in entries():
-            if g == group:
-                _rows.pop(name, None)
+        for name in sys.modules["firmware.commands." + group].COMMANDS:
+            del _rows[name]
         _drop(_loaded.pop(group))
     if groups:
         gc.collect()

@@ -37,7 +37,7 @@ _BACKOFF_MAX_MS = const(16000)
 _WINDOW = const(16)  # requests awaiting their acks at once
 _RX = const(4096 + 256 + 9)  # a received packet: 4 KB of payload, topic, headers
 # Packets to send: CONNECT with the longest id and credentials, SUBSCRIBE of six filters, a
-# PUBLISH of up to 1.3 KB. A larger PUBLISH gets a buffer of its own for its one write.
+# PUBLISH's header (its payload is written from the data phase's buffer).
 _TX = const(1600)
 
 # Result words (AT+MQTTSTATUS, +MQTTEVENT); the connection status is one of the first five.
@@ -411,17 +411,19 @@ class Session:
         self.subs[i] = word
         events.emit("MQTTEVENT", "{},{}".format(i, word))
 
-    # Write one packet: encode(buffer, *args) fills the buffer and returns the length; size is
-    # the most it may take when that can exceed _TX. One packet at a time, in one write.
+    # Write one packet: encode(buffer, *args) fills the buffer and returns the length; the
+    # packet's payload, if it has one, is tail (bytes or a memoryview), written as it is after
+    # the encoded part: no copy, no buffer the size of a message. One packet at a time.
     # OSError when the connection is gone.
-    async def _send(self, encode, args=(), size=0):
+    async def _send(self, encode, args=(), tail=None):
         s = self._sock
         if s is None:
             raise OSError(errno.ENOTCONN)
         async with self._lock:
-            buf = self._tx if size <= _TX else bytearray(size)
-            n = encode(buf, *args)
-            await write_all(s, memoryview(buf)[:n], _WRITE_MS)
+            n = encode(self._tx, *args)
+            await write_all(s, memoryview(self._tx)[:n], _WRITE_MS)
+            if tail:
+                await write_all(s, tail, _WRITE_MS)
 
     # The next packet from the broker: (first byte, body or None if it was too large).
     async def _packet(self):
@@ -560,7 +562,7 @@ class Session:
 
     # Send a packet that awaits an ack, once the window has room: a host that pipelines
     # faster than the broker answers waits (up to _ROOM_MS) rather than failing at once.
-    async def _request(self, kind, i, encode, args, size=0):
+    async def _request(self, kind, i, encode, args, tail=None):
         end = time.ticks_add(time.ticks_ms(), _ROOM_MS)
         while len(self._pending) >= _WINDOW:
             left = time.ticks_diff(end, time.ticks_ms())
@@ -580,7 +582,7 @@ class Session:
         pid = self._next_pid()
         self._pending[pid] = [kind, i, time.ticks_add(time.ticks_ms(), _ACK_MS)]
         try:
-            await self._send(encode, (pid,) + args, size)  # noqa: RUF005 (no *x in MicroPython)
+            await self._send(encode, (pid,) + args, tail)  # noqa: RUF005 (no *x in MicroPython)
         except OSError:
             self._pending.pop(pid, None)
             raise
@@ -610,12 +612,12 @@ class Session:
     async def publish(self, data):
         topic, qos = ctx.settings["mqtt_pub"]
         topic = topic.encode()
-        size = mqttpkt.HEAD_MAX + 4 + len(topic) + len(data)
+        size = len(data)
         self.pub = None
         if qos:
-            await self._request(_PUB, None, mqttpkt.publish, (topic, data, qos), size)
+            await self._request(_PUB, None, mqttpkt.publish_head, (topic, size, qos), data)
         else:
-            await self._send(mqttpkt.publish, (0, topic, data, 0), size)
+            await self._send(mqttpkt.publish_head, (0, topic, size, 0), data)
             self._report_pub(PUB_OK)
 
     # A handler's write failed: the connection is gone; the session task takes it from here.

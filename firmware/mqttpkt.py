@@ -92,12 +92,17 @@ def connect(buf, cid, user, password, keepalive):
     return i
 
 
-# PUBLISH (3.3); pid is ignored at QoS 0.
-def publish(buf, pid, topic, payload, qos, dup=False):
-    n = 2 + len(topic) + len(payload) + (2 if qos else 0)
+# PUBLISH (3.3) up to its payload of size bytes, which follows it on the wire; pid is ignored
+# at QoS 0. At most HEAD_MAX + 4 + len(topic) bytes.
+def publish_head(buf, pid, topic, size, qos, dup=False):
+    n = 2 + len(topic) + size + (2 if qos else 0)
     i = _field(buf, _head(buf, 0x30 | dup << 3 | qos << 1, n), topic)
-    if qos:
-        i = _u16(buf, i, pid)
+    return _u16(buf, i, pid) if qos else i
+
+
+# PUBLISH (3.3) with its payload.
+def publish(buf, pid, topic, payload, qos, dup=False):
+    i = publish_head(buf, pid, topic, len(payload), qos, dup)
     buf[i : i + len(payload)] = payload
     return i + len(payload)
 

@@ -61,11 +61,14 @@ def _run(path):
     return True
 
 
-# On the board, machine, network, esp32 are C modules: they cost no heap.
-# Here they are Python, so the launcher gives the VM a larger heap; this imports every
-# stand-in now, then takes back the surplus in one ballast block, leaving the firmware the
-# free heap a board with EMW_HEAP bytes would have.
-def _ballast(board, used):
+# On the board, machine, network, esp32 are C modules and the ROM bootloader and _boot.py are
+# in flash: none of them costs heap, and the firmware starts with the whole GC heap free but
+# for the filesystem mount. Here they are Python, so the launcher gives the VM a larger heap;
+# this imports every stand-in and builds the state the chip keeps in static C memory (the
+# WLAN interface objects, the radio's view of the world), then takes back all the rest in one
+# ballast block: what is free after it is EMW_HEAP bytes, as on a board whose heap is EMW_HEAP.
+# start.py's own code and data are part of the stand-ins' share, not of the firmware's.
+def _ballast(board):
     heap = int(os.getenv("EMW_HEAP") or 0)
     if not heap:
         return None
@@ -76,11 +79,12 @@ def _ballast(board, used):
                     _load(name + "." + sub[:-3])
         elif name.endswith(".py"):
             _load(name[:-3])
-    # The world file network.py simulates the radio from is the radio's data on a board (not
-    # the firmware's heap): read it now, inside the stand-ins' share.
-    sys.modules["network"]._w()
+    network = sys.modules["network"]
+    network._w()
+    network.WLAN(network.STA_IF)  # static wlan_sta_obj / wlan_ap_obj in network_wlan.c
+    network.WLAN(network.AP_IF)
     gc.collect()
-    extra = gc.mem_free() - (heap - used) - 32  # 32: the ballast's own header and rounding
+    extra = gc.mem_free() - heap - 32  # 32: the ballast's own header and rounding
     if extra < 0:
         print("start: the stand-ins left {} bytes less than EMW_HEAP".format(-extra))
         return None
@@ -110,11 +114,9 @@ def main():
         path = [mpy + "/board", path[0], mpy + "/root", root, mpy + "/root/lib", path[2]]
     path.append(".frozen")
     sys.path[:] = path
-    gc.collect()
-    used = gc.mem_alloc()  # before any stand-in: the firmware's heap is measured from here
     # The ESP32's errno (newlib values); the unix port's built-in cannot be shadowed by a file.
     sys.modules["errno"] = __import__("esp32_errno")
-    ballast = _ballast(here + "/board", used)  # noqa: F841 - held for the life of the firmware
+    ballast = _ballast(here + "/board")  # noqa: F841 - held for the life of the firmware
 
     bdev = FileBlockDev(state + "/flash.img", _FLASH_SIZE)
     try:

@@ -26,7 +26,7 @@ FORMS = [
 
 @pytest.mark.parametrize(("name", "forms"), FORMS)
 def test_forms(name, forms):
-    assert registry.INDEX[name][1] == forms
+    assert registry.entry(name)[1] == forms
 
 
 LINES = [
@@ -36,13 +36,18 @@ LINES = [
 ]
 
 
+def test_unknown_names():
+    for name in ("WJA", "WJAPX", "BOGUS", ":", "0"):
+        assert registry.entry(name) is None
+
+
 @pytest.mark.parametrize(("name", "line"), LINES)
 def test_listing_lines(name, line):
     assert line in registry.listing()
 
 
 def test_every_group_is_indexed():
-    assert set(registry.GROUPS) == {g for g, _ in registry.INDEX.values()}
+    assert set(registry.GROUPS) == {g for _, g, _ in registry.entries()}
     assert registry.GROUPS[0] == "system"
 
 

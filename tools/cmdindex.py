@@ -59,16 +59,29 @@ def groups() -> list[str]:
 
 
 def index() -> str:
-    names = ", ".join(f'"{g}"' for g in groups())
-    lines = [BEGIN, f"GROUPS = ({names})\n", "# fmt: off\n", "INDEX = {  # name: (group, forms)\n"]
+    """The index as registry.py holds it: one string of ";NAME:gf" entries, sorted by name, g
+    the group's and f the forms' position in GROUPS and FORMS (a few bytes a command, where a
+    dict of tuples would take several KB of the heap)."""
     seen: dict[str, str] = {}
     for group in groups():
         for name, forms in rows(group):
             if name in seen:
-                raise SystemExit(f"{name} is in {seen[name]} and {group}")
-            seen[name] = group
-            lines.append(f"    {name!r}: ({group!r}, {forms!r}),\n".replace("'", '"'))
-    lines += ["}\n", "# fmt: on\n", END]
+                raise SystemExit(f"{name} is in {seen[name][0]} and {group}")
+            seen[name] = (group, forms)
+    kinds = sorted({forms for _, forms in seen.values()}, key=lambda f: (len(f), f))
+    if len(groups()) > 10 or len(kinds) > 10:
+        raise SystemExit("the index codes a group and a form in one digit each")
+    lines = [
+        BEGIN,
+        "GROUPS = ({})\n".format(", ".join(f'"{g}"' for g in groups())),
+        "FORMS = ({})\n".format(", ".join(f'"{f}"' for f in kinds)),
+        "# fmt: off\n",
+        "_INDEX = (\n",
+    ]
+    for name in sorted(seen):
+        group, forms = seen[name]
+        lines.append(f'    ";{name}:{groups().index(group)}{kinds.index(forms)}"\n')
+    lines += [")\n", "# fmt: on\n", END]
     return "".join(lines)
 
 

@@ -22,37 +22,80 @@ def load(kind):
         return None
 
 
-# PEM text with CR LF or lone CR line endings (a PEM pasted into a terminal) gets LF; DER is
-# binary and stays as it is.
-def normalise(data):
-    if not data.lstrip().startswith(b"-----BEGIN"):
-        return data
-    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-
-
-# The data of a certificate or key (bytes, or the path of a file holding them) made ready to
-# store: line endings normalised, and each certificate or the key checked to have the DER
-# structure mbedTLS parses (without mbedTLS: parsing there takes kilobytes of RAM). AtError
-# with a plain reason if it cannot be used; returns the bytes.
-def check(kind, data_or_path):
-    data = data_or_path
-    if isinstance(data, str):
-        with open(data, "rb") as f:
-            data = f.read()
-    data = normalise(bytes(data))
-    if not data.strip():
-        raise AtError(E_PARAM, "empty certificate")
+# The stored text in pieces of at most 512 bytes (one buffer, reused), or None if there is
+# none: AT+SSLCERTGET sends a 16 KB chain without holding it whole.
+def pieces(kind):
+    if kind in held:
+        return (held[kind],)
     try:
-        blocks = _blocks(data)
-    except ValueError:  # broken base64
-        blocks = ()
+        f = open(path(kind), "rb")
+    except OSError:
+        return None
+    return _read(f)
+
+
+def _read(f):
+    buf = bytearray(512)
+    mv = memoryview(buf)
+    with f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                return
+            yield mv[:n]
+
+
+# PEM text with CR LF or lone CR line endings (a PEM pasted into a terminal) gets LF, one
+# piece of an upload at a time (`cr`: the previous piece ended with a CR). Returns the piece
+# and whether it ends with a CR (held back: the next piece may start with its LF).
+def lf(piece, cr):
+    if cr and piece[:1] != b"\n":
+        piece = b"\n" + piece
+    end = piece[-1:] == b"\r"
+    if end:
+        piece = piece[:-1]
+    if b"\r" in piece:
+        piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return piece, end
+
+
+# Check a stored upload (a file): each certificate, or the key, must have the DER structure
+# mbedTLS parses (checked without mbedTLS: parsing there takes kilobytes of RAM). Read a line
+# at a time, one PEM block in RAM at most (a chain can be 16 KB). AtError with a plain reason.
+def check(kind, path):
     if kind == 3:
-        return data  # revocation lists are stored only (MicroPython's ssl cannot use them)
-    if not blocks or not all(_readable(kind, der) for der in blocks[: 1 if kind == 2 else None]):
+        return  # revocation lists are stored only (MicroPython's ssl cannot use them)
+    import binascii
+
+    ok = None  # None: no PEM block seen
+    block = None
+    with open(path, "rb") as f:
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            if line.startswith(b"-----BEGIN"):
+                block = []
+            elif line.startswith(b"-----END") and block is not None:
+                try:
+                    ok = _readable(kind, binascii.a2b_base64(b"".join(block)))
+                except ValueError:  # broken base64
+                    ok = False
+                block = None
+                if not ok or kind == 2:  # a key file: its first block is the key
+                    break
+            elif block is not None:
+                block.append(line.strip())
+        if ok is None:  # DER: the whole file is one certificate or key
+            f.seek(0)
+            data = f.read()
+            if not data or data.isspace():
+                raise AtError(E_PARAM, "empty certificate")
+            ok = _readable(kind, data)
+    if not ok:
         if kind == 2:
             raise AtError(E_PARAM, "not a readable private key")
         raise AtError(E_PARAM, "not a readable X.509 certificate")
-    return data
 
 
 # One DER element at d[i] within d[:end]: (tag, start of content, end of content).
@@ -97,12 +140,13 @@ def der(kind):
     return None if data is None else _blocks(data)
 
 
-# The DER blocks of PEM or DER data. ValueError for PEM whose base64 is broken.
-def _blocks(data):
+# The DER blocks of PEM or DER data, one at a time (DER data is one block). ValueError for PEM
+# whose base64 is broken.
+def _each(data):
     import binascii
 
-    out = []
     i = 0
+    found = False
     while True:
         b = data.find(b"-----BEGIN", i)
         if b < 0:
@@ -111,6 +155,12 @@ def _blocks(data):
         e = data.find(b"-----END", b)
         if b <= 0 or e < 0:
             break
-        out.append(binascii.a2b_base64(data[b:e]))  # skips the line breaks
+        found = True
+        yield binascii.a2b_base64(data[b:e])  # skips the line breaks
         i = e + 8
-    return out or [data]
+    if not found:
+        yield data
+
+
+def _blocks(data):
+    return list(_each(data))

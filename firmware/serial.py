@@ -48,6 +48,14 @@ class DataPhase:
         self.error = None  # what failed the phase part-way (it is still read to its end)
 
 
+# A response line too long to hold whole (AT+SSLCERTGET of a 16 KB chain): its head, then its
+# pieces as they come (an iterable of bytes).
+class Line:
+    def __init__(self, head, pieces):
+        self.head = head
+        self.pieces = pieces
+
+
 class Serial:
     def __init__(self, uart, table, settings):
         self._uart = uart
@@ -309,7 +317,7 @@ class Serial:
             self._write_event(held.pop(0))
         self._free.set()
 
-    # Write a handler's response (None, one line, or a list of lines) and OK. The writer
+    # Write a handler's response (None, one line, a list of lines, or a Line) and OK. The writer
     # paths allocate nothing (host_tests/vm/test_engine_heap.py runs them under heap_lock).
     def _finish(self, res):
         self._write_caused()
@@ -317,6 +325,12 @@ class Serial:
         if isinstance(res, str) or isinstance(res, bytes):
             u.write(_CRLF)
             u.write(res)
+            u.write(_CRLF)
+        elif isinstance(res, Line):
+            u.write(_CRLF)
+            u.write(res.head)
+            for piece in res.pieces:
+                u.write(piece)
             u.write(_CRLF)
         elif res is not None:
             for line in res:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from host_tests import flashfs
 from host_tests.module import ERROR, OK, Module
+from host_tests.mosquitto import make_ca
 
 FW = b"+FWVER:esp32_AT_v2.0.0"
 
@@ -340,17 +344,29 @@ def pem(size: int, inside: bytes = b"") -> bytes:
     return b"-----BEGIN CERTIFICATE-----\n" + inside + body + b"-----END CERTIFICATE-----\n"
 
 
+@functools.cache
+def _one_cert() -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        return make_ca(Path(d), "chain")[0].read_bytes()
+
+
+# A bundle of real certificates of at least `size` bytes (the module checks each one it stores).
+def chain(size: int) -> bytes:
+    one = _one_cert()
+    return one * -(-size // len(one))
+
+
 def test_a_long_certificate_chain_is_stored_whole(quiet):
-    chain = pem(6600) * 2  # a real CA chain: 13 KB
+    chain13k = chain(13200)  # a real CA chain: 13 KB
     quiet.write(b"AT+SSLCERTSET=0\r")
     assert quiet.read_until(b">") == b">"
-    quiet.write(chain + b"\x1a")
+    quiet.write(chain13k + b"\x1a")
     assert quiet.read_until(OK, 10) == OK
-    assert quiet.cmd("AT+SSLCERTGET=0", 10) == reply(b"+SSLCERTGET:" + chain)
+    assert quiet.cmd("AT+SSLCERTGET=0", 10) == reply(b"+SSLCERTGET:" + chain13k)
 
 
 def test_a_command_inside_data_is_never_executed(quiet):
-    cert = pem(5000, inside=b"AT+FWVER?\r\n")
+    cert = chain(2500) + b"AT+FWVER?\r\n" + chain(2500)  # text between PEM blocks is allowed
     quiet.write(b"AT+SSLCERTSET=1\r" + cert + b"\x1a")
     assert quiet.read_until(OK, 10) == b">" + OK
     quiet.expect_silence(0.3)
@@ -359,14 +375,14 @@ def test_a_command_inside_data_is_never_executed(quiet):
 def test_an_overlong_data_phase_is_discarded_to_its_end_and_answered_once(quiet):
     quiet.write(b"AT+SSLCERTSET=0\r")
     quiet.read_until(b">")
-    quiet.write(pem(6000) + b"\x1a")
+    quiet.write(chain(6000) + b"\x1a")
     quiet.read_until(OK, 10)
     big = pem(20000, inside=b"AT+FWVER?\r") + b"AT+FWVER?\r" + pem(3000)
     quiet.write(b"AT+SSLCERTSET=0\r" + big + b"\x1a")
     assert quiet.read_until(ERROR, 10) == b">" + ERROR
     quiet.expect_silence(0.3)
     assert quiet.cmd("AT+ERRNO") == reply(b"+ERRNO:5,certificate longer than 16384")
-    assert quiet.cmd("AT+SSLCERTGET=0", 10) == reply(b"+SSLCERTGET:" + pem(6000))  # unchanged
+    assert quiet.cmd("AT+SSLCERTGET=0", 10) == reply(b"+SSLCERTGET:" + chain(6000))  # unchanged
 
 
 def test_backspace_and_delete_edit_the_line(module):

@@ -163,6 +163,8 @@ class Upload:
     def __init__(self, kind):
         self.kind = kind
         self.size = 0
+        self._pem = None  # text (line endings made LF as it streams) or DER; known at byte 1
+        self._cr = False  # the last piece ended with a CR
         self._tmp = certs.path(kind) + ".part"
         settings.mkdirs(self._tmp)
         self._f = open(self._tmp, "wb")
@@ -171,27 +173,38 @@ class Upload:
         self.size += len(mv)
         if self.size > CERT_MAX:
             raise AtError(at.E_PARAM, "certificate longer than {}".format(CERT_MAX))
-        self._f.write(mv)
+        if self._pem is None:
+            self._pem = mv[0] != 0x30  # DER starts with a SEQUENCE; PEM is text
+        if self._pem:
+            piece, self._cr = certs.lf(bytes(mv), self._cr)
+            self._f.write(piece)
+        else:
+            self._f.write(mv)
 
     def abort(self):
         self._f.close()
         _remove(self._tmp)
 
     # The new text replaces the stored one once certs.check() found it readable (garbage is
-    # refused with a reason and nothing stored): written atomically with its line endings
-    # normalised or, under FLASHLOCK, held in RAM.
+    # refused with a reason and nothing stored): renamed over it or, under FLASHLOCK, held in
+    # RAM.
     def commit(self):
+        if self._cr:
+            self._f.write(b"\n")
         self._f.close()
         try:
             if not self.size:
                 raise AtError(at.E_PARAM, "empty certificate")
-            data = certs.check(self.kind, self._tmp)
-        finally:
+            certs.check(self.kind, self._tmp)
+        except BaseException:
             _remove(self._tmp)
+            raise
         if ctx.settings["flashlock"]:
-            certs.held[self.kind] = data
+            with open(self._tmp, "rb") as f:
+                certs.held[self.kind] = f.read()
+            _remove(self._tmp)
         else:
-            settings.write_file(certs.path(self.kind), data)
+            os.rename(self._tmp, certs.path(self.kind))
 
 
 def _remove(path):
@@ -213,10 +226,10 @@ def _certget(p):
     kind = at.integer(p, 0, 0, 3)
     if kind == _PRIVATE_KEY:
         refuse_if_hidden("the private key is not read back")
-    data = certs.load(kind)
+    data = certs.pieces(kind)
     if data is None:
         raise AtError(at.E_STATE, "no certificate of this type")
-    return b"+SSLCERTGET:" + data
+    return serial.Line(b"+SSLCERTGET:", data)
 
 
 def _err(p):

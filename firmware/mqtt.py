@@ -141,7 +141,7 @@ class Session:
         self._tasks = ()  # reader, deliverer and watchdog of the current connection
         self._attempting = False  # the session task is connecting now (not waiting)
         self._sock = None
-        self._session = False  # holds one of tls's sessions
+        self._tls_held = False  # holds one of tls's sessions
         self._tx = None  # packet buffer (bytearray), from AT+MQTTSTART to AT+MQTTCLOSE
         self._rx = None  # mqttpkt.Reader, same lifetime
         self._lock = None  # one packet at a time on the socket
@@ -306,7 +306,7 @@ class Session:
                     tls.acquire()
                 except at.AtError as e:
                     raise Failure(e.detail)
-                self._session = True
+                self._tls_held = True
                 s = self._sock = context.wrap_socket(
                     s, server_hostname=host, do_handshake_on_connect=False
                 )
@@ -374,8 +374,8 @@ class Session:
     def _close_socket(self):
         s = self._sock
         self._sock = None
-        if self._session:
-            self._session = False
+        if self._tls_held:
+            self._tls_held = False
             tls.release()
         if s is not None:
             try:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tests.module import WIFI_KEY, WIFI_SSID, Module
+from host_tests.module import TEST_HEAP, WIFI_KEY, WIFI_SSID, Module
 from host_tests.netservers import (
     HOST,
     Pki,
@@ -38,7 +38,7 @@ from host_tests.netservers import (
 )
 from host_tests.ntpserver import NtpServer
 
-HEAP = os.environ.get("EMW_TCPIP_HEAP", "110k")
+HEAP = os.environ.get("EMW_TCPIP_HEAP", TEST_HEAP)
 BIN = bytes(range(256)) * 4  # every byte value, 1024 bytes
 TRICKY = (
     b"\r\nAT+CIPSTOP=0\r\n+++\r\nOK\r\n\r\nERROR\r\n>\x00\x00\x1a\xff"

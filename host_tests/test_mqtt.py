@@ -807,3 +807,28 @@ def test_misbehaving_broker(module):
     t.join(5)
     assert w.one("AT+MQTTERR?") == "+MQTTERR:broker refused: client identifier rejected"
     w.ok("AT")
+
+
+def test_verified_autostart_after_power_on_and_the_tls_budget(module, tmp_path):
+    """Power-on: the RTC reads 2000, so the module joins, sets its clock from the (local) NTP
+    server, then MQTTAUTOSTART's CA-verified session comes up. That session is one of the two TLS
+    sessions: one ssl_client link more fits, a second is refused before any handshake."""
+    ntp = NtpServer()
+    with Broker(tmp_path, tls=True) as b:
+        module.cmd(f"AT+SNTPCFG=+0,{ntp.address}")
+        w = ready(module, b, b.tls_port)
+        assert set_cert(w, 0, b.ca_path.read_bytes())
+        w.ok("AT+MQTTSSL=ON")
+        w.ok("AT+MQTTCAVERIFY=ON,OFF")
+        w.ok("AT+MQTTAUTOSTART=ON")
+        boots = module.status()["boots"]
+        module.kill()
+        module.wait_booted(boots + 1)
+        w.expect("+WEVENT:STATION_UP", mqtt_event("CONNECT,SUCCESS"), timeout=30)
+        assert not w.one("AT+RTCGET?").startswith("+RTCGET:2000-")
+        w.ok(f"AT+CIPSTART=0,ssl_client,{b.host},{b.tls_port}")
+        w.expect("+CIPEVENT:0,SERVER,CONNECTED", timeout=10)
+        assert w.send(f"AT+CIPSTART=1,ssl_client,{b.host},{b.tls_port}", None) == ["ERROR"]
+        assert w.one("AT+ERRNO") == "+ERRNO:6,no memory for another TLS session"
+        w.ok("AT+CIPSTOP=0")
+    ntp.close()

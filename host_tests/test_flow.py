@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from host_tests.module import OK, Module
+from host_tests.mosquitto import Broker, have_mosquitto
 from host_tests.netservers import HOST, TcpSource
 from host_tests.wire import Rx
 
@@ -110,6 +112,31 @@ def test_cts_download_with_pauses_arrives_byte_exact(cts: Module) -> None:
 
 def test_cts_download_in_transparent_mode_arrives_byte_exact(cts: Module) -> None:
     download(cts, 4 * MIB, {MIB: 3.0}, raw=True)
+
+
+@pytest.mark.skipif(not have_mosquitto(), reason="mosquitto not installed")
+def test_cts_mqtt_qos1_messages_survive_a_pause(cts: Module, tmp_path) -> None:
+    """400 KB of QoS 1 messages published while the host does not read for 3 s: the module
+    stops reading the broker while CTS is held, and every message arrives once, in order."""
+    rx = Rx(cts, "flow")
+    rx.echo = False
+    payloads = [b"%04d" % i + b"x" * 996 for i in range(400)]
+    with Broker(tmp_path) as b:
+        for line in (f"AT+MQTTSOCK={b.host},{b.port}", "AT+MQTTSUB=0,flow/#,1", "AT+MQTTSTART"):
+            cts.write(line.encode() + b"\r")
+            assert rx.response(line, 5) == ["OK"]
+        rx.wait_event("+MQTTEVENT:CONNECT,SUCCESS", 10)
+        pub = subprocess.Popen(
+            ["mosquitto_pub", *b.client_args(), "-t", "flow/a", "-q", "1", "-l"],
+            stdin=subprocess.PIPE,
+        )
+        pub.communicate(b"\n".join(payloads) + b"\n", timeout=30)
+        time.sleep(3)  # the host stops reading
+        got = [rx.wait_event(lambda e: e[:2] == ("MQTTRECV", 0), 30)[2] for _ in payloads]
+        assert got == payloads
+        rx.pump(0.5)
+        assert not [e for e in rx.events if e[:1] == ("MQTTRECV",)]  # none twice
+    assert cts.status()["dropped"] == 0
 
 
 @pytest.mark.slow

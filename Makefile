@@ -1,6 +1,6 @@
 # The EMW AT firmware: run it on the PC, test it, build it for and flash it to an ESP32.
 #   make run [LINK=build/uart STATE=build/state WORLD=host/world.json HEAP=110k PACE=1 LISTEN=addr]
-#   make test | lint | build | flash PORT=/dev/ttyUSB0 | bench | calibrate | clean
+#   make test | test-slow | lint | build | flash PORT=/dev/ttyUSB0 | bench | calibrate | clean
 
 LINK ?= build/uart
 STATE ?= build/state
@@ -19,7 +19,7 @@ DEBS := mosquitto mosquitto-clients picocom chromium chromium-driver
 SRC := $(shell find firmware lib -name '*.py' 2>/dev/null)
 MPY := $(patsubst %.py,build/board/%.mpy,$(SRC))
 
-.PHONY: all run test lint build flash bench calibrate clean deps .venv
+.PHONY: all run test test-slow lint build flash bench calibrate clean deps .venv
 all: test
 
 .venv: $(STAMP)
@@ -41,9 +41,14 @@ run: $(STAMP)
 	$(PY) -m host.launcher --link $(LINK) --state $(STATE) --world $(WORLD) --heap $(HEAP) \
 		$(if $(PACE),--pace) $(if $(LISTEN),--listen $(LISTEN))
 
-# pytest exits 5 when no test ran: make reports that as a failure too.
+# pytest exits 5 when no test ran: make reports that as a failure too. Tests marked slow (a
+# minute or more each: 60 s pauses and links, 200 pipelined rounds, the all-features session)
+# run in make test-slow.
 test: $(STAMP) deps lint
-	$(PY) -m pytest host_tests -q --timeout=180
+	$(PY) -m pytest host_tests -q --timeout=180 -m "not slow"
+
+test-slow: $(STAMP) deps
+	$(PY) -m pytest host_tests -q --timeout=900 -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -14,7 +14,8 @@ from firmware.at import AtError
 CHARS = st.characters(exclude_categories=("Cs",), exclude_characters="\r\n\x00")
 VALUE = st.text(CHARS, min_size=1, max_size=40).filter(lambda v: not v.startswith('"'))
 NAME = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=1, max_size=16)
-MANY = settings(max_examples=500, deadline=None)
+# Derandomized: CI sees the same examples each run (make fuzz explores beyond them).
+MANY = settings(max_examples=500, deadline=None, derandomize=True)
 
 
 @MANY
@@ -80,7 +81,8 @@ def test_text_lengths_are_counted_in_bytes(v, least, most):
 
 
 @MANY
-@given(st.one_of(st.none(), st.text(CHARS, max_size=10)), st.lists(VALUE, min_size=1))
+# Choices are keywords (ON, NONE, CTSRTS...): blanks around a keyword are not part of it.
+@given(st.one_of(st.none(), st.text(CHARS, max_size=10)), st.lists(NAME, min_size=1))
 def test_choice_returns_a_member_or_refuses(v, choices):
     try:
         assert at.choice([v], 0, tuple(choices)) in choices

@@ -51,9 +51,6 @@ def quiet(m: Module) -> Module:
     return m
 
 
-@pytest.mark.xfail(reason="issue 17: the key's length is checked in bytes by AT+SMARTKEY but "
-                   "the soft AP start fails (OSError 'Wifi Invalid Password', ERRNO 10); "
-                   "H-engine/provisioning owners", strict=False)  # fmt: skip
 def test_smartkey_of_8_bytes_but_fewer_characters_starts_provisioning(module: Module) -> None:
     m = quiet(module)
     assert m.cmd("AT+SMARTKEY=éééé".encode()) == OK  # 8 bytes, 4 characters
@@ -66,8 +63,6 @@ def test_smartkey_of_8_bytes_but_fewer_characters_starts_provisioning(module: Mo
     assert "Traceback" not in m.console()
 
 
-@pytest.mark.xfail(reason="issue 17: a certificate data phase over 4096 bytes is answered per "
-                   "line and what follows the cut is executed (H-engine)", strict=False)  # fmt: skip
 def test_overflowing_certificate_is_discarded_to_its_end_and_answered_once(module: Module) -> None:
     m = quiet(module)
     lines = [b"-----BEGIN CERTIFICATE-----"] + [b"A" * 64] * 70 + [b"AT+FWVER?"]

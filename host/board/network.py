@@ -570,7 +570,7 @@ class WLAN:
             elif k in ("ssid", "essid"):
                 need, k, v = AP_IF, "ssid", (v.decode() if isinstance(v, bytes) else v)[:32]
             elif k in ("key", "password"):
-                need, k, v = AP_IF, "key", v[:63]
+                need, k, v = AP_IF, "key", (v.decode() if isinstance(v, bytes) else v)[:63]
             elif k in ("security", "authmode"):
                 need, k = AP_IF, "auth"
             elif k == "hidden":
@@ -590,7 +590,8 @@ class WLAN:
                 self._need(need)
             if k in n or k in ("pm", "txpower", "protocol"):
                 n[k] = v
-        if self._if == AP_IF and n["auth"] != AUTH_OPEN and len(n["key"]) < 8:
+        # The length is IDF's strlen of cfg.ap.password: bytes, not characters (network_wlan.c)
+        if self._if == AP_IF and n["auth"] != AUTH_OPEN and len(n["key"].encode()) < 8:
             raise OSError("Wifi Invalid Password")
         if "mac" in kw:
             self._mac = bytes(kw["mac"])

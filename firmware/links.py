@@ -7,7 +7,7 @@ import socket
 from micropython import const
 
 from firmware import ctx, events, log, settings, tls, wifi
-from firmware.aio import readable, writable
+from firmware.aio import readable, writable, write_all
 from firmware.at import E_FAIL, E_PARAM, E_STATE, E_TIMEOUT, E_UNSUPPORTED, AtError
 
 TYPES = ("tcp_server", "tcp_client", "ssl_client", "udp_broadcast", "udp_unicast")
@@ -24,7 +24,7 @@ PULL_MAX = const(2048)  # bytes buffered per peer in pull mode (AT+CIPRECVCFG=0)
 _CLIENTS_MAX = const(5)  # clients of one tcp_server
 _CONNECT_MS = const(10000)
 _TLS_TIMEOUT_S = const(5)
-_SEND_WAIT_MS = const(10000)  # CIPSEND on a link still connecting waits this long
+_SEND_WAIT_MS = const(10000)  # CIPSEND waits this long for a link to connect or take data
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(30000)
 _EISCONN = const(127)  # lwIP/newlib EISCONN: not in MicroPython's errno module
@@ -346,20 +346,15 @@ class Link:
         if self.type.startswith("udp"):
             self.sock.sendto(data, self.addr)
             return
-        s = (peer or self.peers[0]).sock
-        mv = memoryview(data)
-        while mv:
-            try:
-                n = s.write(mv)
-            except OSError as e:
-                raise AtError(E_FAIL, "send: " + _reason(e))
-            if n is None:
-                try:
-                    await asyncio.wait_for_ms(writable(s), _SEND_WAIT_MS)
-                except asyncio.TimeoutError:
-                    raise AtError(E_TIMEOUT, "send: peer does not take data")
-            else:
-                mv = mv[n:]
+        # Polled, not wait_for(writable(s)): asyncio's IOQueue.remove, run when such a wait is
+        # cancelled, unregisters the whole socket, the reader task's wait included, and then a
+        # reset by the peer would go unseen.
+        try:
+            await write_all((peer or self.peers[0]).sock, data, _SEND_WAIT_MS)
+        except OSError as e:
+            if e.args[0] == errno.ETIMEDOUT:  # write_all's (a socket's own is in aio.BUSY)
+                raise AtError(E_TIMEOUT, "send: peer does not take data")
+            raise AtError(E_FAIL, "send: " + _reason(e))
 
     # Transparent mode (AT+CIPSENDRAW): the engine hands each UART frame to write().
     async def write(self, frame):

@@ -138,13 +138,6 @@ def test_frozen_peer_loses_nothing_acknowledged_and_the_id_works_again(module):
     not_restarted(module)
 
 
-@pytest.mark.xfail(
-    reason="after a CIPSEND timed out on a stalled peer, the peer's later reset is never "
-    "noticed: no DISCONNECTED event, AT+CIPSTATUS stays connected (firmware/links.py send() "
-    "waits on writable(s) with wait_for_ms; its cancellation may drop the socket's read "
-    "registration). Without a stall a reset is reported (test_tcpip).",
-    strict=False,
-)
 def test_peer_reset_after_a_stall_is_reported(module):
     w = ready(module)
     with FrozenPeer() as peer:

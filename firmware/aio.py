@@ -1,6 +1,7 @@
 # Wait until a stream (socket, UART) can be read or written, as asyncio's own Stream does
 # inside; there is no public form. Nothing is read or written, so a wait that is cancelled or
 # times out loses no data (unlike wait_for around a read, which can drop what it read).
+# Also: non-blocking socket reads and writes, and task(), the command groups' create_task.
 import asyncio
 import errno
 import time
@@ -47,6 +48,37 @@ async def read_some(s, buf):
         if n is not None:
             return n
         await readable(s)
+
+
+# asyncio.create_task for the coroutines of a command group (registry.py releases groups): the
+# Task lets go of its coroutine once that has ended. A finished Task can stay reachable long
+# after the firmware dropped it: MicroPython's task queue (py/pairheap.c, v1.24 and since)
+# leaves a task's child_last pointing at its last child when that child leaves the queue, until
+# the task takes a new child; app's housekeeping, asleep for an hour once SNTP has answered,
+# kept a refused MQTT session's task that way. And a Task keeps its coroutine for life
+# (extmod/modasyncio.c: coro is read-only), the coroutine its locals (a session, its buffers)
+# and its function's globals (the group's module): 39 KB that the release did not free.
+def task(coro):
+    s = _Shell()
+    s.c = coro
+    return asyncio.create_task(s)
+
+
+# The coroutine side of task(). asyncio sends None to resume a task and throws exceptions into
+# it (asyncio/core.py), so one method serves as send() and throw(). Once the coroutine has
+# ended (returned, raised or was cancelled), it raises StopIteration, as an ended generator does.
+class _Shell:
+    def send(self, v):
+        c = self.c
+        if c is None:
+            raise StopIteration
+        try:
+            return c.send(v) if v is None else c.throw(v)
+        except BaseException:
+            self.c = None
+            raise
+
+    throw = send
 
 
 # op(buf) on a non-blocking stream; None where the stream says "not now".

@@ -25,7 +25,7 @@ import json
 import bluetooth
 from micropython import const
 
-from firmware import ctx, events, log, settings
+from firmware import aio, ctx, events, log, settings
 from firmware.at import E_FAIL, E_STATE, E_TIMEOUT, AtError
 from firmware.btid import mac, name
 
@@ -117,8 +117,8 @@ class Radio:
         )
         ((self.tx, self.rx),) = ble.gatts_register_services((service,))
         ble.gatts_set_buffer(self.rx, _RX_BUF, True)
-        self._task = asyncio.create_task(self._deliver())
-        self._saver = asyncio.create_task(self._keep())
+        self._task = aio.task(self._deliver())
+        self._saver = aio.task(self._keep())
 
     def state(self):
         if self.secure:

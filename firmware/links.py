@@ -6,8 +6,7 @@ import socket
 
 from micropython import const
 
-from firmware import ctx, events, log, settings, tls, wifi
-from firmware.aio import readable, writable, write_all
+from firmware import aio, ctx, events, log, settings, tls, wifi
 from firmware.at import E_FAIL, E_PARAM, E_STATE, E_TIMEOUT, E_UNSUPPORTED, AtError
 
 TYPES = ("tcp_server", "tcp_client", "ssl_client", "udp_broadcast", "udp_unicast")
@@ -97,7 +96,7 @@ class Link:
                 self.sock = None
             raise AtError(E_FAIL, "cannot bind port {}: {}".format(lport, _reason(e)))
         self.state = CONNECTING
-        self.task = asyncio.create_task(self._run())
+        self.task = aio.task(self._run())
 
     def stop(self):
         if self.task is not None:
@@ -181,7 +180,7 @@ class Link:
         except OSError as e:
             if e.errno != errno.EINPROGRESS:
                 raise
-        await asyncio.wait_for_ms(writable(s), _CONNECT_MS)
+        await asyncio.wait_for_ms(aio.writable(s), _CONNECT_MS)
         try:  # a second connect() tells how the first one ended
             s.connect(self.addr)
         except OSError as e:
@@ -222,7 +221,7 @@ class Link:
         s = self.sock
         self.state = CONNECTED
         while True:
-            await readable(s)
+            await aio.readable(s)
             c, addr = s.accept()
             ip, port = ip_port(addr)
             if len(self.peers) >= _CLIENTS_MAX:
@@ -232,7 +231,7 @@ class Link:
             peer = Peer(c, ip, port)
             self.peers.append(peer)
             events.emit("CIPEVENT", "CLIENT,CONNECTED,{},{}".format(ip, port))
-            peer.task = asyncio.create_task(self._serve_peer(peer))
+            peer.task = aio.task(self._serve_peer(peer))
 
     async def _serve_peer(self, peer):
         try:
@@ -257,7 +256,7 @@ class Link:
             return ("+CIPEVENT:SOCKET,{},{},".format(self.id, n), _rxmv[:n]) if n else None
 
         while True:
-            await readable(s)
+            await aio.readable(s)
             if ctx.serial.sink is self or ctx.settings["recvcfg"]:
                 await ctx.serial.send(take, self)  # in transparent mode: raw bytes
                 n = peer.got
@@ -297,7 +296,7 @@ class Link:
         self.peers = [self.udp]
         self.state = CONNECTED
         while True:
-            await readable(s)
+            await aio.readable(s)
             if ctx.serial.sink is self or ctx.settings["recvcfg"]:
                 await ctx.serial.send(self._datagram, self)  # in transparent mode: raw bytes
             else:
@@ -350,7 +349,7 @@ class Link:
         # cancelled, unregisters the whole socket, the reader task's wait included, and then a
         # reset by the peer would go unseen.
         try:
-            await write_all((peer or self.peers[0]).sock, data, _SEND_WAIT_MS)
+            await aio.write_all((peer or self.peers[0]).sock, data, _SEND_WAIT_MS)
         except OSError as e:
             if e.args[0] == errno.ETIMEDOUT:  # write_all's (a socket's own is in aio.BUSY)
                 raise AtError(E_TIMEOUT, "send: peer does not take data")
@@ -441,7 +440,7 @@ _restorer = None  # the power-on task of start()
 # At power-on: restore the links that were started with AT+CIPAUTOCONN on, once Wi-Fi is up.
 def start():
     global _restorer
-    _restorer = asyncio.create_task(_restore())
+    _restorer = aio.task(_restore())
 
 
 async def _restore():

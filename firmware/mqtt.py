@@ -20,8 +20,7 @@ import time
 
 from micropython import const
 
-from firmware import at, ctx, events, log, mqttpkt, settings, tls, wifi
-from firmware.aio import read_some, writable, write_all
+from firmware import aio, at, ctx, events, log, mqttpkt, settings, tls, wifi
 
 SUBS = const(6)  # subscription ids 0-5
 TOPIC_MAX = const(256)  # bytes of a topic or topic filter
@@ -176,7 +175,7 @@ class Session:
         self._addr = None
         self.error = ""
         self.status = CONNECTING
-        self._task = asyncio.create_task(self._session())
+        self._task = aio.task(self._session())
 
     # AT+MQTTCLOSE: DISCONNECT, close, stop reconnecting, release the buffers. True if there
     # was a session.
@@ -221,7 +220,7 @@ class Session:
             if wifi.online():
                 self._attempting = True
                 try:
-                    await asyncio.wait_for_ms(self._open(), _CONNECT_MS)
+                    await asyncio.wait_for_ms(aio.task(self._open()), _CONNECT_MS)
                     ok = True
                 except InitError as e:
                     return self._give_up(INIT_ERROR, _why(e))
@@ -300,7 +299,7 @@ class Session:
             except OSError as e:
                 if e.args[0] != errno.EINPROGRESS:
                     raise
-            await writable(s)
+            await aio.writable(s)
             if context is not None:  # the first writes run the handshake
                 try:
                     tls.acquire()
@@ -352,9 +351,9 @@ class Session:
         me = self._task
         lost = self._lost = asyncio.Event()
         self._tasks = (
-            asyncio.create_task(self._read(lost)),
-            asyncio.create_task(self._deliver()),
-            asyncio.create_task(self._watch(lost)),
+            aio.task(self._read(lost)),
+            aio.task(self._deliver()),
+            aio.task(self._watch(lost)),
         )
         try:
             for i in range(SUBS):
@@ -421,9 +420,9 @@ class Session:
             raise OSError(errno.ENOTCONN)
         async with self._lock:
             n = encode(self._tx, *args)
-            await write_all(s, memoryview(self._tx)[:n], _WRITE_MS)
+            await aio.write_all(s, memoryview(self._tx)[:n], _WRITE_MS)
             if tail:
-                await write_all(s, tail, _WRITE_MS)
+                await aio.write_all(s, tail, _WRITE_MS)
 
     # The next packet from the broker: (first byte, body or None if it was too large).
     async def _packet(self):
@@ -439,7 +438,7 @@ class Session:
                 await self._freed.wait()
                 self._busy = False
                 continue
-            n = await read_some(self._sock, space)
+            n = await aio.read_some(self._sock, space)
             if not n:
                 raise Failure("the broker closed the connection")
             rx.filled(n)
@@ -665,15 +664,17 @@ def get():
 def start():
     global _auto
     if ctx.settings["mqtt_autostart"] and _auto is None:
-        _auto = asyncio.create_task(_autostart())
+        _auto = aio.task(_autostart())
 
 
 async def _autostart():
+    global _auto
     while not wifi.online():
         await asyncio.sleep_ms(_WIFI_MS)
     s = get()
     if s.status == CLOSED and s._task is None:
         s.start()
+    _auto = None  # done: the task can go
 
 
 # Nothing runs: no session started, none waiting to auto-start (registry.py may release this

@@ -15,7 +15,7 @@ import os
 
 from micropython import const
 
-from firmware import at, ctx, events, log, ota, settings
+from firmware import aio, at, ctx, events, log, ota, settings
 from firmware.at import AtError
 from firmware.http import Fail, Http
 
@@ -51,7 +51,7 @@ async def latest():
 # Update to version in the background: +OTAEVENT:START, then SUCCESS and a restart, or FAIL.
 def start(version):
     global _task
-    _task = asyncio.create_task(_update(version))
+    _task = aio.task(_update(version))
 
 
 async def _manifest(http, path):

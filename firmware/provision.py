@@ -43,7 +43,7 @@ import time
 import network
 from micropython import const
 
-from firmware import at, btid, ctx, events, settings, wifi
+from firmware import aio, at, btid, ctx, events, settings, wifi
 
 PREFIX = "EMW-SETUP-"
 
@@ -211,18 +211,19 @@ class Server:
             if slot is None:
                 return  # every slot is answering a request: this one is closed at once
             try:
-                req = await asyncio.wait_for_ms(self._request(reader, slot), _READ_MS)
+                req = await asyncio.wait_for_ms(aio.task(self._request(reader, slot)), _READ_MS)
             except asyncio.TimeoutError:
                 raise _Bad(408)
             slot.reading = False
             status, ctype, body = await self._answer(*req)
-            await asyncio.wait_for_ms(self._send(writer, status, ctype, body), _WRITE_MS)
+            await asyncio.wait_for_ms(aio.task(self._send(writer, status, ctype, body)), _WRITE_MS)
         except _Bad as e:
             code = e.args[0]
             if code:
                 try:
                     msg = _REASONS[code]
-                    await asyncio.wait_for_ms(self._send(writer, code, "text/plain", msg), 2000)
+                    sending = aio.task(self._send(writer, code, "text/plain", msg))
+                    await asyncio.wait_for_ms(sending, 2000)
                 except Exception:
                     pass  # the client has gone or does not read: closed below
         except Exception:
@@ -460,7 +461,7 @@ class Server:
             self.done = True
             self.resume = False
             events.emit("SMARTEVENT", "PROVISIONED," + at.escape(ssid))
-            self.tasks.append(asyncio.create_task(_stop_later()))
+            self.tasks.append(aio.task(_stop_later()))
             return None
         finally:
             self.joining = False
@@ -529,7 +530,7 @@ async def start():
         s.resume = ctx.settings["sta_on"] and bool(ctx.settings["sta"][0])
         st.quit(announce=False)
     _server = s
-    s.tasks.append(asyncio.create_task(_first_scan(s)))
+    s.tasks.append(aio.task(_first_scan(s)))
 
 
 async def _first_scan(s):

@@ -13,7 +13,8 @@
 # A host that alternates groups pays a re-import (milliseconds), not memory. Idle means nothing of the feature runs: its module's
 # idle() says so (_IDLE); a group without one keeps no state between commands. The system
 # group (AT, the engine's own commands) is never released. Settings live in the schema and
-# stay loaded (firmware/schema.py), so a released group loses no setting.
+# stay loaded (firmware/schema.py), so a released group loses no setting. A group makes its
+# tasks with aio.task(): a finished task may stay reachable, and then keeps nothing of it.
 import gc
 import sys
 

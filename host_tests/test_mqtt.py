@@ -544,10 +544,9 @@ def set_cert(w: Wire, kind: int, pem: bytes) -> bool:
     return True
 
 
-# Flaky since the clock and TLS-budget merge: in about one run of three, AT+MQTTSTART or the
-# AT+SSLCERTSET after the refused session answers ERROR. Not yet understood: see the session note.
-@pytest.mark.xfail(strict=False, reason="intermittent ERROR after a refused verified session")
 def test_tls_server_verification(module, tmp_path):
+    """A wrong root CA refuses the broker with the reason; the refused session leaves nothing
+    behind once released (AT+MEMFREE as before AT+MQTTSTART), and the right CA connects."""
     ntp = NtpServer()  # verification needs the date: the module sets its clock once joined
     with Broker(tmp_path, tls=True) as b:
         module.cmd(f"AT+SNTPCFG=+0,{ntp.address}")
@@ -558,11 +557,18 @@ def test_tls_server_verification(module, tmp_path):
         w.ok("AT+MQTTSSL=ON")
         w.ok("AT+MQTTCAVERIFY=ON,OFF")
         w.ok("AT+MQTTSUB=0,tls/in,2")
+        before = memfree(w)
         w.ok("AT+MQTTSTART")  # the wrong CA: verification fails, no retrying
         w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
         reason = w.one("AT+MQTTERR?")
         assert reason.startswith("+MQTTERR:TLS: ") and "\r" not in reason, reason
         assert w.one("AT+ERRNO") == "+ERRNO:7,MQTT: " + reason[9:]
+        # AT+MEMFREE releases the idle group, the session and the group's code with it (a
+        # finished task kept both, 39 KB, in one run of three: see the next test). What stays
+        # is small: asyncio's lock module (loaded on first use, then kept) and the reason
+        # AT+ERRNO gives, 0.9 to 1.9 KB measured at HEAP=128k.
+        after = memfree(w)
+        assert before - after < 4000, (before, after)
         assert set_cert(w, 0, b.ca_path.read_bytes())
         connect(w, 0)
         sub = watch(b, "tls/out", 1)
@@ -572,6 +578,29 @@ def test_tls_server_verification(module, tmp_path):
         assert sub.communicate(timeout=10)[0].split() == ["tls/out", "1", BIN.hex()]
         publish(b, "tls/in", BIN, 2, tmp_path)
         w.expect(("RECV", 0, BIN))
+    ntp.close()
+
+
+def test_refused_session_gives_memory_back(module, tmp_path):
+    """A verified session that waits for the clock, then is refused. app's housekeeping sets
+    the clock meanwhile and sleeps an hour, and MicroPython's task queue leaves it a stale link
+    to the session's task (py/pairheap.c: child_last). Released, the group still gives back the
+    session and its code: the task has let go of its coroutine (firmware/aio.py task)."""
+    ntp = NtpServer()
+    ntp.delay = 1.0  # the clock is set 1 to 1.5 s after the station is up: the session waits
+    with Broker(tmp_path, tls=True) as b:
+        module.cmd(f"AT+SNTPCFG=+0,{ntp.address}")
+        w = ready(module, b, b.tls_port)
+        assert set_cert(w, 0, b.wrong_ca_path.read_bytes())
+        w.ok("AT+MQTTSSL=ON")
+        w.ok("AT+MQTTCAVERIFY=ON,OFF")
+        before = memfree(w)
+        w.ok("AT+MQTTSTART")
+        w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
+        after = memfree(w)
+        # What stays is small (see test_tls_server_verification): 1.6 to 1.7 KB measured at
+        # HEAP=128k. The session and the group's code were 39 KB.
+        assert before - after < 4000, (before, after)
     ntp.close()
 
 

@@ -135,7 +135,6 @@ class Session:
         self.status = CLOSED
         self.subs = [None] * SUBS  # per id: result word for AT+MQTTSTATUS=subscribe
         self.pub = None  # result word of the latest publish (None: none yet or awaiting)
-        self.error = ""  # why the session last failed (AT+MQTTERR)
         self._task = None  # the session task while started, else None
         self._tasks = ()  # reader, deliverer and watchdog of the current connection
         self._attempting = False  # the session task is connecting now (not waiting)
@@ -173,7 +172,7 @@ class Session:
             rx = mqttpkt.Reader(_RX)
             self._tx, self._rx, self._lock = tx, rx, asyncio.Lock()
         self._addr = None
-        self.error = ""
+        ctx.mqtt_error = ""
         self.status = CONNECTING
         self._task = aio.task(self._session())
 
@@ -235,15 +234,15 @@ class Session:
                     told = False
                     await self._serve()
                     if not ctx.settings["mqtt_reconn"]:
-                        return self._give_up(FAILED, self.error)
+                        return self._give_up(FAILED, ctx.mqtt_error)
                     self.status = CONNECTING
                     events.emit("MQTTEVENT", CONNECTING)
                     told = True
                     continue  # reconnect at once after a loss, back off after failures
             else:
-                self.error = "Wi-Fi is down"
+                ctx.mqtt_error = "Wi-Fi is down"
             if not ctx.settings["mqtt_reconn"]:
-                return self._give_up(FAILED, self.error)
+                return self._give_up(FAILED, ctx.mqtt_error)
             if not told:
                 events.emit("MQTTEVENT", CONNECTING)
                 told = True
@@ -255,13 +254,13 @@ class Session:
             backoff = min(backoff * 2, _BACKOFF_MAX_MS)
 
     def _failed(self, e):
-        self.error = _why(e)
-        log.info("mqtt: " + self.error)
+        ctx.mqtt_error = _why(e)
+        log.info("mqtt: " + ctx.mqtt_error)
 
     # The reason also goes to AT+ERRNO: CONNECT,FAIL is the outcome of the host's AT+MQTTSTART.
     def _give_up(self, word, why):
         log.info("mqtt: {} ({})".format(word, why))
-        self.error = why
+        ctx.mqtt_error = why
         ctx.serial.last_error = (at.E_FAIL, "MQTT: " + why)
         self._attempting = False
         self._task = None

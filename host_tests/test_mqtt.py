@@ -601,6 +601,8 @@ def test_refused_session_gives_memory_back(module, tmp_path):
         # What stays is small (see test_tls_server_verification): 1.6 to 1.7 KB measured at
         # HEAP=128k. The session and the group's code were 39 KB.
         assert before - after < 4000, (before, after)
+        # The reason outlives the group (kept in firmware/ctx.py).
+        assert w.one("AT+MQTTERR?") == "+MQTTERR:TLS: certificate not signed by a trusted CA"
     ntp.close()
 
 

@@ -171,7 +171,7 @@ async def _send_data(data):
     s = mqtt.get()
     if not s.up():
         s.pub = mqtt.PUB_FAIL
-        why = ": " + s.error if s.error else ""
+        why = ": " + ctx.mqtt_error if ctx.mqtt_error else ""
         raise at.AtError(at.E_STATE, "MQTT is not connected" + why)
     if not ctx.settings["mqtt_pub"][0]:
         s.pub = mqtt.PUB_FAIL
@@ -181,7 +181,7 @@ async def _send_data(data):
     except OSError as e:
         s.pub = mqtt.PUB_FAIL
         s.broken(e)
-        raise at.AtError(at.E_FAIL, "publish: " + s.error)
+        raise at.AtError(at.E_FAIL, "publish: " + ctx.mqtt_error)
     except at.AtError:
         s.pub = mqtt.PUB_FAIL
         raise
@@ -204,7 +204,7 @@ def _status_set(p):
 
 
 def _err_query():
-    return "+MQTTERR:" + mqtt.get().error
+    return "+MQTTERR:" + ctx.mqtt_error
 
 
 COMMANDS = {

@@ -5,7 +5,8 @@ from firmware import ctx, settings
 from firmware.at import E_PARAM, AtError
 
 _DIR = settings.DIR + "/certs"
-held = {}  # stored while FLASHLOCK is ON: live until reboot, like settings
+held = ctx.certs_held  # stored while FLASHLOCK is ON: live until reboot, like settings
+version = 0  # counted up by each AT+SSLCERTSET (tls.py keys its shared contexts by it)
 
 
 def path(kind):

@@ -3,6 +3,7 @@ import time
 
 settings = None  # settings.Settings
 serial = None  # serial.Serial: the command engine and the one writer
+certs_held = {}  # certificates stored while FLASHLOCK is ON (certs.py), kept until reboot
 mqtt_error = ""  # why the MQTT session last failed (AT+MQTTERR), kept when its group is released
 
 _uptime = 0  # ms counted up to _ticks

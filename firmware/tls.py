@@ -21,6 +21,7 @@ _CLOCK_YEAR = const(2024)  # an RTC before this year has not been set since powe
 _MBEDTLS_ERR_MIN = const(-0x1000)  # SSL, X509, PK errors; smaller ones are not TLS's
 
 _sessions = 0
+_shared = {}  # (verify, client, certs.version) -> the context its sessions share
 
 
 def acquire():
@@ -34,6 +35,8 @@ def release():
     global _sessions
     if _sessions:
         _sessions -= 1
+    if not _sessions:
+        _shared.clear()
 
 
 def sessions():
@@ -54,8 +57,19 @@ async def clock_ready(ms=_CLOCK_WAIT_MS):
 
 
 # A client context: the server verified with the stored root CA (verify), and our stored
-# certificate and key offered (client).
+# certificate and key offered (client). One per configuration, shared by the sessions that use
+# it until none is left (an SSLContext wraps any number of sockets): a second session takes no
+# second 3 KB block of a fragmented heap (the context is a GC object on the chip too, unlike
+# the sessions' record buffers) and parses no certificate again.
 def context(verify, client=False):
+    key = (verify, client, certs.version)
+    t = _shared.get(key)
+    if t is None:
+        t = _shared[key] = _context(verify, client)
+    return t
+
+
+def _context(verify, client):
     import ssl
 
     t = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

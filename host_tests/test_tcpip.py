@@ -1154,6 +1154,23 @@ def test_certificates_stored_and_read_back(m, pki):
     assert pem_lines("\n".join(w.query("AT+SSLCERTGET=0"))[12:]) == pem_lines(crlf)
 
 
+def test_certificate_stored_under_flashlock_outlives_the_group_release(m, pki):
+    """Under FLASHLOCK a certificate is held in RAM until reboot, not in the tcpip group's
+    modules, which AT+MEMFREE (or any other group's command) releases."""
+    m.cmd("AT+UARTE=OFF")
+    m.drain()
+    w = Wire(m)
+    w.ok("AT+FLASHLOCK=ON")
+    set_cert(w, 0, pki.ca_pem)
+    w.query("AT+MEMFREE")
+    w.query("AT+UART?")  # another group loads: tcpip is released
+    assert pem_lines("\n".join(w.query("AT+SSLCERTGET=0"))[12:]) == pem_lines(pki.ca_pem)
+    m.kill()
+    m.wait_booted(2)
+    resync(w)
+    w.error("AT+SSLCERTGET=0")  # never written to flash
+
+
 def refused_cert(w: Wire, kind: int, data: bytes) -> str:
     """AT+SSLCERTSET with data it must refuse: ERROR, and the reason AT+ERRNO gives."""
     w.m.write(f"AT+SSLCERTSET={kind}\r".encode())

@@ -205,6 +205,7 @@ class Upload:
             _remove(self._tmp)
         else:
             os.rename(self._tmp, certs.path(self.kind))
+        certs.version += 1
 
 
 def _remove(path):

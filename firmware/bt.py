@@ -308,6 +308,25 @@ class Radio:
             stalled = 0
 
 
+# What the engine gives UART input to in transparent mode (AT+BTSENDRAW), and closes on +++.
+# Here, not in commands/bt.py: the radio holds it (registry.py drops command modules).
+class Sink:
+    def __init__(self, radio):
+        self.radio = radio
+
+    async def write(self, mv):
+        if self.radio.secure:
+            try:
+                await self.radio.send(mv)
+            except AtError:
+                pass  # the phone left mid-frame: the rest has nowhere to go
+
+    def close(self):
+        self.radio.sink = None
+        if not ctx.settings["bt_on"]:
+            self.radio.advertise(False)
+
+
 def _b64(b):
     return binascii.b2a_base64(b)[:-1].decode()
 

@@ -3,18 +3,23 @@
 # answers a name and which forms it accepts. A group is imported on the first use of one of its
 # commands, so a feature the host never uses costs no RAM (as asyncio's lazy __init__ does).
 #
-# Memory comes back: a group's modules (its command module and every module its import
-# brought in, such as its feature module) are released (dropped from sys.modules, then
-# gc.collect()) once the group is idle, before another group loads and at AT+MEMFREE (so the
-# host reads what is really available). So the heap holds the system group, the features
-# that run and the group last used, never a group kept "while there is room": what a feature
-# needs once loaded (TLS contexts, buffers) is not known at its import, and a fixed reserve
-# was either more than a 110 KiB heap has free after boot or less than MQTT over TLS takes.
-# A host that alternates groups pays a re-import (milliseconds), not memory. Idle means nothing of the feature runs: its module's
-# idle() says so (_IDLE); a group without one keeps no state between commands. The system
-# group (AT, the engine's own commands) is never released. Settings live in the schema and
-# stay loaded (firmware/schema.py), so a released group loses no setting. A group makes its
-# tasks with aio.task(): a finished task may stay reachable, and then keeps nothing of it.
+# Memory comes back: before another group loads, and at AT+MEMFREE (so the host reads what is
+# really available), every group but system is released (dropped from sys.modules, then
+# gc.collect()). An idle group goes whole: its command module and every module its imports
+# brought in, such as its feature module. A running one keeps its feature modules and their
+# state, and loses only its command module (parse, call, format), which its next command
+# imports again: so no feature module keeps a reference into its command module (the drop
+# would free nothing and the re-import make a second copy). Idle means nothing of the feature
+# runs: its module's idle() says so (_IDLE); a group without one keeps no state between
+# commands. So the heap holds the system group, the features that run and the command module
+# last used, never a group kept "while there is room": what a feature needs once loaded (TLS
+# contexts, buffers) is not known at its import, and a fixed reserve was either more than a
+# 110 KiB heap has free after boot or less than MQTT over TLS takes. A host that alternates
+# groups pays a re-import (milliseconds), not memory. The system group (AT, the engine's own
+# commands, the row helpers every group imports) loads first and is never released. Settings
+# live in the schema and stay loaded (firmware/schema.py), so a released group loses none.
+# A group makes its tasks with aio.task(): a finished task may stay reachable, and then keeps
+# nothing of it.
 import gc
 import sys
 
@@ -143,8 +148,8 @@ def listing():
     return ["+CMD:AT{}{},{}".format("+" if n else "", n, f) for n, _, f in entries()]
 
 
-_rows = {}  # name -> (test, query, set, bare) handlers, for the loaded groups
-_loaded = {}  # group -> the modules its import brought in
+_rows = {}  # name -> (test, query, set, bare) handlers, of the command modules loaded
+_loaded = {}  # group -> the modules its imports brought in, until the group is released
 
 
 def get(name):
@@ -158,18 +163,29 @@ def get(name):
     return row
 
 
+# Import a group's command module unless it is loaded (its feature modules may be already:
+# they stay while the feature runs). System first: every group imports its row helpers.
 def load(group):
-    if group in _loaded:
-        return
-    release()
-    _import(group)
-
-
-def _import(group):
-    before = set(sys.modules)
-    module = __import__("firmware.commands." + group, None, None, ("COMMANDS",))
-    _loaded[group] = [name for name in sys.modules if name not in before]
+    if group != "system" and "system" not in _loaded:
+        load("system")
+    name = "firmware.commands." + group
+    module = sys.modules.get(name)
+    if module is None:
+        release()
+        module = use(group, name)
     _rows.update(module.COMMANDS)
+
+
+# Import a module for a group and count what the import brought in as the group's, released
+# with it: its command module, or a module a command needs only sometimes (OTA's updater).
+# Counted also when the import fails (out of memory halfway): what it brought in goes too.
+def use(group, name):
+    before = set(sys.modules)
+    try:
+        __import__(name)
+    finally:
+        _loaded.setdefault(group, []).extend([n for n in sys.modules if n not in before])
+    return sys.modules[name]
 
 
 def idle(group):
@@ -177,15 +193,34 @@ def idle(group):
     return owner is None or owner.idle()
 
 
-# Release every idle group but system.
+# Release every group but system: an idle one whole, a running one's command module only.
 def release():
-    groups = [g for g in _loaded if g != "system" and idle(g)]
-    for group in groups:
-        for name in sys.modules["firmware.commands." + group].COMMANDS:
-            del _rows[name]
-        _drop(_loaded.pop(group))
-    if groups:
+    freed = False
+    for group in list(_loaded):
+        if group != "system" and _release(group):
+            freed = True
+    if freed:
         gc.collect()
+
+
+# One group's part of release(), True if it dropped modules. A function of its own: the GC is
+# conservative, and a stale slot of the caller's frame (a loop over COMMANDS) would keep a
+# dropped module alive through the gc.collect() above; this frame is freed when it returns.
+def _release(group):
+    name = "firmware.commands." + group
+    module = sys.modules.get(name)
+    if idle(group):
+        names = _loaded.pop(group)
+    elif module is None:
+        return False  # running, its command module gone already
+    else:
+        names = [name]
+        _loaded[group] = [n for n in _loaded[group] if n != name]
+    if module is not None:
+        for cmd in module.COMMANDS:
+            _rows.pop(cmd, None)
+    _drop(names)
+    return True
 
 
 # Remove modules from sys.modules and from their packages, except those a module that stays

@@ -1,10 +1,14 @@
 """The command index (firmware/registry.py) is generated from the groups' COMMANDS rows, so a
-command is declared once; AT+CMD? and AT+HELP list it from the index without loading groups."""
+command is declared once; AT+CMD? and AT+HELP list it from the index without loading groups.
+Groups are released (host_tests/vm/test_registry_release.py, on the VM): a running feature's
+command module only, an idle group whole, the system group never."""
+
+import subprocess
 
 import pytest
 
 from firmware import registry
-from host_tests.module import OK, Module
+from host_tests.module import OK, REPO, Module
 from tools import cmdindex
 
 
@@ -62,3 +66,16 @@ def test_command_list_on_the_module():
             assert lines == registry.listing()
         assert b"+CMD:AT+BTSEND,=\r\n" in reply
         assert m.cmd("AT+FWVER?").endswith(OK)  # the list changed no other reply
+
+
+def test_release_keeps_running_features(mpy):
+    script = REPO / "host_tests/vm/test_registry_release.py"
+    r = subprocess.run(
+        [mpy, "-X", "heapsize=256k", str(script), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"MICROPYPATH": f"{REPO}/host/board:.frozen"},
+    )
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr

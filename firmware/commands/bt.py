@@ -93,26 +93,8 @@ def _sendraw():
     r = bt.start()
     if r.conn is None:
         r.advertise(True)
-    r.sink = _Sink(r)
+    r.sink = bt.Sink(r)
     ctx.serial.after_reply(lambda: ctx.serial.enter_transparent(r.sink))
-
-
-# What the engine gives UART input to in transparent mode, and closes on +++.
-class _Sink:
-    def __init__(self, radio):
-        self.radio = radio
-
-    async def write(self, mv):
-        if self.radio.secure:
-            try:
-                await self.radio.send(mv)
-            except AtError:
-                pass  # the phone left mid-frame: the rest has nowhere to go
-
-    def close(self):
-        self.radio.sink = None
-        if not ctx.settings["bt_on"]:
-            self.radio.advertise(False)
 
 
 COMMANDS = {

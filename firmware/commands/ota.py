@@ -1,15 +1,15 @@
 # Section 10 of the spec: OTA of the AT firmware, from an HTTP(S) server the user runs, named
 # by the extension AT+OTAURL (the EMW cloud does not exist for this product). docs/OTA.md has
 # the manifest, the flow and the events; firmware/otaupdate.py the download and the switch
-# (imported by AT+OTACHECK/AT+OTASTART; nothing here keeps a reference to it or to its HTTP
-# modules, so they can be dropped whenever otaupdate.idle()); boot.py and firmware/ota.py the
-# slots and rollback.
+# (imported by AT+OTACHECK/AT+OTASTART through registry.use, which counts it and its HTTP
+# modules as this group's; nothing here keeps a reference to them, so they go with the group
+# once otaupdate.idle()); boot.py and firmware/ota.py the slots and rollback.
 #   AT+OTACHECK    +OTACHECK:<version of the server's latest release>
 #   AT+OTASTART=<version>   OK, then +OTAEVENT:START, [PROGRESS,<percent>...], SUCCESS and a
 #                  restart into it, or FAIL,<reason> (AT+ERRNO: the detail)
 from micropython import const
 
-from firmware import at, ctx, ota, wifi
+from firmware import at, ctx, ota, registry, wifi
 from firmware.at import AtError
 from firmware.commands.system import reading, setter, switch, value
 
@@ -27,8 +27,7 @@ def _need_server():
 
 async def _check_cmd():
     _need_server()
-    from firmware import otaupdate
-
+    otaupdate = registry.use("ota", "firmware.otaupdate")
     return "+OTACHECK:" + await otaupdate.latest()
 
 
@@ -39,8 +38,7 @@ def _start(p):
         if not (c.isalpha() or c.isdigit() or c in "._-"):
             raise AtError(at.E_PARAM, "parameter 1: letters, digits, . _ - only")
     _need_server()
-    from firmware import otaupdate
-
+    otaupdate = registry.use("ota", "firmware.otaupdate")
     if not otaupdate.idle():
         raise AtError(at.E_STATE, "an update is running")
     if ota.free_slot() is None:
@@ -55,8 +53,7 @@ def _url_query():
 def _url_set(p):
     at.count(p, 1)
     url = at.text(p, 0, _URL_MAX)
-    from firmware import httpmsg
-
+    httpmsg = registry.use("ota", "firmware.httpmsg")
     try:
         httpmsg.split_url(url)
     except ValueError:

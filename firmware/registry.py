@@ -173,6 +173,7 @@ def load(group):
     if module is None:
         release()
         module = use(group, name)
+        gc.collect()  # the import's garbage: what the command keeps then fills its holes
     _rows.update(module.COMMANDS)
 
 

@@ -14,6 +14,7 @@ import vfs
 # Not const(): host_tests/flashfs.py imports these to open the image while the module is down.
 _FLASH_SIZE = 2 * 1024 * 1024
 _BLOCK = 4096
+_FILLERS = 1024  # blocks that fill what the stand-ins leave beside the firmware's heap
 
 
 # A block device over a file. Every write is flushed to the OS at once, so killing the process
@@ -62,11 +63,13 @@ def _run(path):
 
 
 # On the board, machine, network, esp32 are C modules and the ROM bootloader and _boot.py are
-# in flash: none of them costs heap, and the firmware starts with the whole GC heap free but
-# for the filesystem mount. Here they are Python, so the launcher gives the VM a larger heap;
-# this imports every stand-in and builds the state the chip keeps in static C memory (the
-# WLAN interface objects, the radio's view of the world), then takes back all the rest in one
-# ballast block: what is free after it is EMW_HEAP bytes, as on a board whose heap is EMW_HEAP.
+# in flash: none of them costs heap, and the firmware starts with the whole GC heap free, in
+# one piece, but for the filesystem mount. Here they are Python, so the launcher gives the VM a
+# larger heap; this imports every stand-in and builds the state the chip keeps in static C
+# memory (the WLAN interface objects, the radio's view of the world), then takes back all the
+# rest: what is free after it is EMW_HEAP bytes in one piece, as on a board whose heap is
+# EMW_HEAP (the holes the stand-ins' imports left are filled, or the firmware's first big
+# block, such as the interned-name pool's, would find less room than on the chip).
 # start.py's own code and data are part of the stand-ins' share, not of the firmware's.
 def _ballast(board):
     heap = int(os.getenv("EMW_HEAP") or 0)
@@ -84,11 +87,22 @@ def _ballast(board):
     network.WLAN(network.STA_IF)  # static wlan_sta_obj / wlan_ap_obj in network_wlan.c
     network.WLAN(network.AP_IF)
     gc.collect()
-    extra = gc.mem_free() - heap - 32  # 32: the ballast's own header and rounding
-    if extra < 0:
-        print("start: the stand-ins left {} bytes less than EMW_HEAP".format(-extra))
+    fill = [None] * _FILLERS
+    try:
+        budget = bytearray(heap)  # the firmware's, held while everything else is filled
+    except MemoryError:
+        print("start: the stand-ins left less than EMW_HEAP in one piece")
         return None
-    return bytearray(extra)
+    n = 0
+    for items in (512, 32, 1):  # tuples of 4 KB, 272 B, 24 B: one allocation each
+        while n < _FILLERS:
+            try:
+                fill[n] = (None,) * items
+            except MemoryError:
+                break
+            n += 1
+    budget = None  # noqa: F841 - given back: the firmware's heap
+    return fill
 
 
 def _load(name):

@@ -337,12 +337,10 @@ def run(h: Host, phone: Phone | None, n: int, steps: Steps, failed: list[str]) -
 # in one boot. Hard assertions: every step works, and rounds 2 and 3 end with AT+MEMFREE where
 # round 1 ended (within 2%): the registry releases the modules of stopped features
 # (firmware/registry.py), so a boot's heap no longer only grows. Within 10% of the value after
-# boot it is not yet (about 87%): the first use of each feature keeps a few KB for the boot (the
-# interned names of every group loaded, MicroPython never frees them; the frozen ssl module's
-# objects; the soft AP's objects after provisioning); that part is reported as an expected
-# failure with the figures. MQTT over TLS is left to test_every_feature_in_one_boot: after a
-# TLS link it runs out of memory (its client's 4352-byte buffer finds no free block that large
-# in the fragmented heap), and a heap left that fragmented fails the next groups' imports too.
+# boot it is not yet (67%): the first use of each feature keeps its interned names for the boot
+# (MicroPython never frees them); that part is reported as an expected failure with the
+# figures. MQTT over TLS is left to test_every_feature_in_one_boot: after links, its import
+# needs the interned-name pool's next block (14 KB on the VM) and finds no hole that large.
 @pytest.mark.timeout(300)
 def test_memory_comes_back(tmp_path: Path, world: dict) -> None:
     failed: list[str] = []

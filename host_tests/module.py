@@ -323,3 +323,17 @@ class Module:
             if pipe:
                 pipe.close()
         self._log.close()
+
+
+def run_vm_script(mpy: str, script: str, heap: str, path: str) -> None:
+    """A MicroPython-VM script of host_tests/vm (given the repository's path) on the pinned VM,
+    with MICROPYPATH `path` (REPO-relative folders, ":"-separated): it must end printing OK."""
+    r = subprocess.run(
+        [mpy, "-X", f"heapsize={heap}", str(REPO / script), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"MICROPYPATH": ":".join(f"{REPO}/{d}" for d in path.split(":")) + ":.frozen"},
+    )
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr

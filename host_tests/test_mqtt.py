@@ -544,6 +544,17 @@ def set_cert(w: Wire, kind: int, pem: bytes) -> bool:
     return True
 
 
+def verified(module, b: Broker, ntp: NtpServer, ca: Path) -> Wire:
+    """Joined, the clock source set (verification needs the date), `ca` stored as the root CA,
+    MQTT over TLS with the server verified."""
+    module.cmd(f"AT+SNTPCFG=+0,{ntp.address}")
+    w = ready(module, b, b.tls_port)
+    assert set_cert(w, 0, ca.read_bytes())
+    w.ok("AT+MQTTSSL=ON")
+    w.ok("AT+MQTTCAVERIFY=ON,OFF")
+    return w
+
+
 def test_tls_server_verification(module, tmp_path):
     """A wrong root CA refuses the broker with the reason; the refused session leaves nothing
     behind once released (AT+MEMFREE as before AT+MQTTSTART), and the right CA connects."""
@@ -589,11 +600,7 @@ def test_refused_session_gives_memory_back(module, tmp_path):
     ntp = NtpServer()
     ntp.delay = 1.0  # the clock is set 1 to 1.5 s after the station is up: the session waits
     with Broker(tmp_path, tls=True) as b:
-        module.cmd(f"AT+SNTPCFG=+0,{ntp.address}")
-        w = ready(module, b, b.tls_port)
-        assert set_cert(w, 0, b.wrong_ca_path.read_bytes())
-        w.ok("AT+MQTTSSL=ON")
-        w.ok("AT+MQTTCAVERIFY=ON,OFF")
+        w = verified(module, b, ntp, b.wrong_ca_path)
         before = memfree(w)
         w.ok("AT+MQTTSTART")
         w.expect("+MQTTEVENT:CONNECT,FAIL", timeout=10)
@@ -850,11 +857,7 @@ def test_verified_autostart_after_power_on_and_the_tls_budget(module, tmp_path):
     sessions: one ssl_client link more fits, a second is refused before any handshake."""
     ntp = NtpServer()
     with Broker(tmp_path, tls=True) as b:
-        module.cmd(f"AT+SNTPCFG=+0,{ntp.address}")
-        w = ready(module, b, b.tls_port)
-        assert set_cert(w, 0, b.ca_path.read_bytes())
-        w.ok("AT+MQTTSSL=ON")
-        w.ok("AT+MQTTCAVERIFY=ON,OFF")
+        w = verified(module, b, ntp, b.ca_path)
         w.ok("AT+MQTTAUTOSTART=ON")
         boots = module.status()["boots"]
         module.kill()

@@ -3,12 +3,10 @@ command is declared once; AT+CMD? and AT+HELP list it from the index without loa
 Groups are released (host_tests/vm/test_registry_release.py, on the VM): a running feature's
 command module only, an idle group whole, the system group never."""
 
-import subprocess
-
 import pytest
 
 from firmware import registry
-from host_tests.module import OK, REPO, Module
+from host_tests.module import OK, Module, run_vm_script
 from tools import cmdindex
 
 
@@ -69,13 +67,4 @@ def test_command_list_on_the_module():
 
 
 def test_release_keeps_running_features(mpy):
-    script = REPO / "host_tests/vm/test_registry_release.py"
-    r = subprocess.run(
-        [mpy, "-X", "heapsize=256k", str(script), str(REPO)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={"MICROPYPATH": f"{REPO}/host/board:.frozen"},
-    )
-    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr
+    run_vm_script(mpy, "host_tests/vm/test_registry_release.py", "256k", "host/board")

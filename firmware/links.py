@@ -95,7 +95,8 @@ class Link:
                 self.sock.close()
                 self.sock = None
             raise AtError(E_FAIL, "cannot bind port {}: {}".format(lport, _reason(e)))
-        self.state = CONNECTING
+        # Listening or bound is up at the OK (AT+CIPSTATUS says so even before the task runs).
+        self.state = CONNECTING if self.sock is None else CONNECTED
         self.task = aio.task(self._run())
 
     def stop(self):

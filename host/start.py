@@ -15,6 +15,7 @@ import vfs
 _FLASH_SIZE = 2 * 1024 * 1024
 _BLOCK = 4096
 _FILLERS = 1024  # blocks that fill what the stand-ins leave beside the firmware's heap
+_POLL_FDS = 64  # descriptors asyncio's poller holds room for: far more than the firmware opens
 
 
 # A block device over a file. Every write is flushed to the OS at once, so killing the process
@@ -105,6 +106,25 @@ def _ballast(board):
     return fill
 
 
+# The unix port's select.poll keeps the objects that have a file descriptor in an array of
+# struct pollfd (MICROPY_PY_SELECT_POSIX_OPTIMISATIONS), grown 4 at a time. When a growth moves
+# the array, extmod/modselect.c poll_set_add_fd() re-points every registered object into the
+# new one, also those without a descriptor, whose pointer is NULL: it becomes a wild one, and
+# the next ipoll() reads through it (SIGSEGV in poll_iternext). asyncio's poller mixes both
+# kinds (a ThreadSafeFlag, as firmware/bt.py waits on, beside the sockets), so a link opened
+# while the Bluetooth stand-in runs could kill the VM. The ESP32 port has no such array (the
+# optimisation is the unix port's), so this is the PC's alone: the array is made here, at its
+# full size and before anything else is registered, and never grows again.
+def _presize_poller():
+    from asyncio import core
+
+    p = core._io_queue.poller
+    for fd in range(_POLL_FDS):
+        p.register(fd, 0)  # a number is taken as a descriptor, not checked until polled
+    for fd in range(_POLL_FDS):
+        p.unregister(fd)  # the slot is freed (fd -1), the array kept
+
+
 def _load(name):
     try:
         __import__(name)
@@ -130,6 +150,7 @@ def main():
     sys.path[:] = path
     # The ESP32's errno (newlib values); the unix port's built-in cannot be shadowed by a file.
     sys.modules["errno"] = __import__("esp32_errno")
+    _presize_poller()  # before the ballast: the array is the stand-ins' share of the heap
     ballast = _ballast(here + "/board")  # noqa: F841 - held for the life of the firmware
 
     bdev = FileBlockDev(state + "/flash.img", _FLASH_SIZE)

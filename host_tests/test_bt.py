@@ -22,6 +22,7 @@ from bumble.pairing import PairingConfig, PairingDelegate
 from bumble.transport import open_transport
 
 from host_tests.module import ERROR, OK, Module
+from host_tests.netservers import TcpEcho
 
 NUS = UUID("6E400001-B5A3-F393-E0A9-E50E24DCCA9E")
 NUS_RX = UUID("6E400002-B5A3-F393-E0A9-E50E24DCCA9E")
@@ -428,6 +429,37 @@ def test_transparent_mode_both_ways(module: Module, phone: Phone) -> None:
     m.write(b"+++")  # alone, with silence around it: leaves transparent mode
     assert m.read_until(OK, 3) == OK
     assert m.cmd("AT").endswith(OK)
+
+
+# A phone connected (the firmware waits on a ThreadSafeFlag, an object without a descriptor, in
+# asyncio's poller), then five links: the poller's pollfd array grows past its first 4 slots.
+# The unix port's modselect.c used to leave that flag with a wild pointer there and the VM died
+# (exit -11, the launcher rebooting the module); host/start.py sizes the array first.
+def test_five_links_while_a_phone_is_connected(module: Module, phone: Phone) -> None:
+    m = module
+    paired(m, phone)
+    assert m.cmd("AT+WJAP=EMW-TEST,12345678").endswith(OK)
+    got = m.read_until(b"+WEVENT:STATION_UP", 20)
+    with TcpEcho() as echo:
+        for lid in range(5):
+            got += m.cmd(f"AT+CIPSTART={lid},tcp_client,127.0.0.1,{echo.port}")
+            assert got.endswith(OK), got
+        want = [f"+CIPEVENT:{lid},SERVER,CONNECTED\r\n".encode() for lid in range(5)]
+        while not all(w in got for w in want):
+            got += m.read_until(b",SERVER,CONNECTED\r\n", 20)
+        time.sleep(0.5)  # the loop polls with the flag and the five sockets registered
+        assert m.status()["boots"] == 1, m.console()
+        phone.write(b"still here")
+        assert read_data_events(m, 10) == b"still here"
+        for lid in range(5):
+            m.write(f"AT+CIPSEND={lid},4\r".encode())
+            m.read_until(b">")
+            m.write(b"ping")
+            assert m.read_until_any([OK, ERROR], 10).endswith(OK)
+            assert m.read_until(b"ping\r\n", 10).endswith(f"SOCKET,{lid},4,ping\r\n".encode())
+    assert m.cmd("AT").endswith(OK)
+    assert m.status()["boots"] == 1
+    assert "exit" not in m.console()
 
 
 # ----- bonds: kept by the firmware (_IRQ_GET_SECRET / _IRQ_SET_SECRET, data/bt_secrets.json)

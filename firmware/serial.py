@@ -183,7 +183,7 @@ class Serial:
             return
         if echo:
             self._uart.write(mv[i:j])
-        self._hold()
+        self._free.clear()
         self._typing = True
         if self._len + k > LINE_MAX:
             self._overflow = True
@@ -289,7 +289,7 @@ class Serial:
         self.sink = sink
         self._got = 0
         self._quiet = True
-        self._hold()  # events wait (and, beyond _HELD_MAX, are dropped) meanwhile
+        self._free.clear()  # events wait (and, beyond _HELD_MAX, are dropped) meanwhile
 
     def _data_timeout(self):
         ph = self._phase
@@ -302,9 +302,6 @@ class Serial:
     def _begin(self, doing):
         self._open = True
         self._doing = doing
-        self._hold()
-
-    def _hold(self):
         self._free.clear()
 
     # Free the line for events when nothing holds it (called when no input waits to be read:
@@ -345,7 +342,7 @@ class Serial:
         if isinstance(e, AtError):
             err = (e.code, e.detail)
         elif isinstance(e, MemoryError):
-            err = self._oom(self._doing)  # None: the command
+            err = self.out_of_memory(self._doing)  # None: the command
         else:
             log.exc(e, self._what())
             err = (at.E_INTERNAL, repr(e))
@@ -382,16 +379,15 @@ class Serial:
             self._after = None
             after()
 
-    # A MemoryError outside a command (a task, the reader): logged, and AT+ERRNO tells it.
+    # A MemoryError (in a task, the reader, or a command when doing is None): logged, and
+    # AT+ERRNO tells it. Returns the error.
     def out_of_memory(self, doing):
-        self.last_error = self._oom(doing)
-
-    def _oom(self, doing):
         gc.collect()
         if doing is None:
             doing = self._what()
         log.warn("out of memory while {} ({} bytes free)".format(doing, gc.mem_free()))
-        return (at.E_INTERNAL, "out of memory while " + doing)
+        err = self.last_error = (at.E_INTERNAL, "out of memory while " + doing)
+        return err
 
     # Call fn once the current response has gone out (AT+REBOOT, AT+FACTORY, AT+STANDBY).
     def after_reply(self, fn):

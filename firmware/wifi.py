@@ -22,17 +22,13 @@ _BACKOFF_MAX_MS = const(30000)
 _NO_ADDR = ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
 
 
-_AUTH_NAMES = {
-    network.AUTH_OPEN: "OPEN",
-    network.AUTH_WEP: "WEP",
-    network.AUTH_WPA_PSK: "WPA_PSK",
-    network.AUTH_WPA2_PSK: "WPA2_PSK",
-    network.AUTH_WPA_WPA2_PSK: "WPA_WPA2_PSK",
-}
+# network.AUTH_* are esp_wifi's wifi_auth_mode_t: OPEN 0, WEP 1, WPA_PSK 2, WPA2_PSK 3,
+# WPA_WPA2_PSK 4 (a tuple indexed by mode, not a dict built at import).
+_AUTH_NAMES = ("OPEN", "WEP", "WPA_PSK", "WPA2_PSK", "WPA_WPA2_PSK")
 
 
 def auth_name(mode):
-    return _AUTH_NAMES.get(mode, "OTHER")
+    return _AUTH_NAMES[mode] if 0 <= mode < len(_AUTH_NAMES) else "OTHER"
 
 
 def mac_text(raw, sep=":"):

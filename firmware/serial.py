@@ -62,7 +62,6 @@ class Serial:
         self._table = table  # name -> (test, query, set, exec) handlers
         self._settings = settings
         self._rx = bytearray(_CHUNK)
-        self._rxmv = memoryview(self._rx)
         self._line = memoryview(bytearray(LINE_MAX))
         self._len = 0  # bytes of the current line in _line
         self._overflow = False  # the current line is too long: discard it up to its end
@@ -87,7 +86,7 @@ class Serial:
     # answering (the engine's own buffers are all allocated above).
     async def run(self):
         self._task = asyncio.current_task()
-        mv = self._rxmv
+        mv = memoryview(self._rx)
         while True:
             try:
                 n = await self._read()

@@ -28,16 +28,12 @@ def _scanopt_set(p):
     ctx.settings.set("scanopt", at.integer(p, 0, 0, 1))
 
 
-def _scan_all():
-    return _scan(None)
-
-
-def _scan_one(p):
-    at.count(p, 1)
-    return _scan(at.text(p, 0, _SSID_MAX))
-
-
-def _scan(only):
+# AT+WSCAN (every network) or AT+WSCAN=<ssid> (that one only).
+def _scan(p=None):
+    only = None
+    if p is not None:
+        at.count(p, 1)
+        only = at.text(p, 0, _SSID_MAX)
     advanced = ctx.settings["scanopt"] == 1
     lines = [None]
     for ssid_raw, bssid, channel, rssi, auth, _hidden in wifi.station.scan():
@@ -153,7 +149,7 @@ COMMANDS = {
     "WFVER": reading(_wfver),
     "WMAC": reading(_wmac),
     "WSCANOPT": value(_scanopt_query, _scanopt_set),
-    "WSCAN": (None, None, _scan_one, _scan_all),
+    "WSCAN": (None, None, _scan, _scan),
     "WDHCP": switch("dhcp", "+WDHCP:"),
     "WSAPIP": value(_sapip_query, _sapip_set),
     "WSAP": (_sap_query, _sap_query, _sap_set, None),

@@ -82,7 +82,6 @@ class Radio:
         self.advertising = False
         self.mtu = 23
         self.dropped = 0  # received bytes that did not fit the ring
-        self.sink = None  # transparent mode (AT+BTSENDRAW): data goes out raw
         self._ring = bytearray(_RING)
         self._ringmv = memoryview(self._ring)
         self._head = 0  # next byte the IRQ writes
@@ -271,7 +270,7 @@ class Radio:
     # BTEVENT=EN, the bytes alone otherwise. Never inside a response.
     async def _flush(self):
         while self._head != self._tail:
-            await ctx.serial.send(self._take, self.sink)
+            await ctx.serial.send(self._take, self)
 
     # The ring's oldest contiguous bytes, as the engine writes them (it calls this with the
     # line free, or at once in transparent mode).
@@ -307,24 +306,18 @@ class Radio:
             off += k
             stalled = 0
 
-
-# What the engine gives UART input to in transparent mode (AT+BTSENDRAW), and closes on +++.
-# Here, not in commands/bt.py: the radio holds it (registry.py drops command modules).
-class Sink:
-    def __init__(self, radio):
-        self.radio = radio
-
+    # Transparent mode (AT+BTSENDRAW): the radio is the engine's sink, as a link is; UART
+    # input goes to write() and +++ calls close().
     async def write(self, mv):
-        if self.radio.secure:
+        if self.secure:
             try:
-                await self.radio.send(mv)
+                await self.send(mv)
             except AtError:
                 pass  # the phone left mid-frame: the rest has nowhere to go
 
     def close(self):
-        self.radio.sink = None
         if not ctx.settings["bt_on"]:
-            self.radio.advertise(False)
+            self.advertise(False)
 
 
 def _b64(b):

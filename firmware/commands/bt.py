@@ -93,8 +93,7 @@ def _sendraw():
     r = bt.start()
     if r.conn is None:
         r.advertise(True)
-    r.sink = bt.Sink(r)
-    ctx.serial.after_reply(lambda: ctx.serial.enter_transparent(r.sink))
+    ctx.serial.after_reply(lambda: ctx.serial.enter_transparent(r))
 
 
 COMMANDS = {

@@ -17,32 +17,26 @@ _RETRY_MIN_MS = const(15000)
 _RETRY_MAX_MS = const(300000)
 _RESYNC_MS = const(3600000)
 
-_PARITY = {"NONE": None, "EVEN": 0, "ODD": 1}
-_FLOW = {
-    "NONE": 0,
-    "CTS": machine.UART.CTS,
-    "RTS": machine.UART.RTS,
-    "CTSRTS": machine.UART.CTS | machine.UART.RTS,
-}
-
 
 def run():
     asyncio.run(main())
 
 
+# Called once at start: the tables are locals, freed once the UART is open.
 def open_uart(cfg):
     baud, bits, stop, parity, flow = cfg
-    return machine.UART(
+    uart = machine.UART
+    return uart(
         board.UART_ID,
         baudrate=baud,
         bits=bits,
         stop=stop,
-        parity=_PARITY[parity],
+        parity={"NONE": None, "EVEN": 0, "ODD": 1}[parity],
         tx=board.UART_TX,
         rx=board.UART_RX,
         rts=board.UART_RTS,
         cts=board.UART_CTS,
-        flow=_FLOW[flow],
+        flow={"NONE": 0, "CTS": uart.CTS, "RTS": uart.RTS, "CTSRTS": uart.CTS | uart.RTS}[flow],
         txbuf=board.UART_TXBUF,
         rxbuf=board.UART_RXBUF,
     )

@@ -91,12 +91,6 @@ def _sleep():
     machine.deepsleep()
 
 
-# Extension (AT+CMD?, AT+HELP): every command and the forms it accepts, from the command index
-# (no group is loaded for it).
-def _commands():
-    return registry.listing()
-
-
 # Extension: the reason of the most recent ERROR.
 def _errno():
     return serial.error_line(ctx.serial.last_error)
@@ -147,6 +141,8 @@ COMMANDS = {
     "ERRNO": reading(_errno),
     "ERRVERBOSE": switch("verbose_errors", "+ERRVERBOSE:"),
     "SECRETS": value(_secrets_query, _secrets_set),
-    "CMD": (None, _commands, None, None),
-    "HELP": action(_commands),
+    # Extension (AT+CMD?, AT+HELP): every command and the forms it accepts, from the command
+    # index (no group is loaded for it).
+    "CMD": (None, registry.listing, None, None),
+    "HELP": action(registry.listing),
 }

@@ -369,6 +369,11 @@ def test_memory_comes_back(tmp_path: Path, world: dict) -> None:
         )
 
 
+def back(h: Host, boot_free: int) -> None:
+    free = h.memfree()
+    assert free >= boot_free * 0.9, f"{free} bytes free, {boot_free} after boot"
+
+
 def one_tls_link(h: Host, w: dict) -> None:
     h.mark = len(h.seen)
     h.cmd(f"AT+CIPSTART=1,ssl_client,127.0.0.1,{w['tls'].port}")
@@ -393,11 +398,7 @@ def test_every_feature_in_one_boot(tmp_path: Path, world: dict) -> None:
         try:
             for n in range(1, ROUNDS + 1):
                 run(h, phone, n, in_turn(world, phone) + all_at_once(world, phone), failed)
-                free = h.memfree()
-                if free < boot_free * 0.9:
-                    failed.append(
-                        f"round {n}: {free} bytes free at its end, {boot_free} after boot"
-                    )
+                run(h, phone, n, [("its end", lambda h: back(h, boot_free))], failed)
         finally:
             phone.close()
         assert m.status()["boots"] == 1

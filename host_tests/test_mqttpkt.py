@@ -123,9 +123,9 @@ def test_decoder_holds_packets_while_reading_on():
     r.hold(first, body)
     assert len(r.space()) == 64 - (len(m1) - 2) - 4 - len(m2)  # held bodies and m2 remain
     assert [(f, bytes(b)) for f, b in r.held()] == [(0x32, m1[2:]), (0x32, m2[2:])]
-    assert r.holding()
+    assert r.held()
     r.release()
-    assert not r.holding()
+    assert not r.held()
     assert len(r.space()) == 64
 
 

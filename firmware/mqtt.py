@@ -108,22 +108,6 @@ def _why(e):
     return repr(e)
 
 
-# The TLS context of AT+MQTTSSL / AT+MQTTCAVERIFY, certificates from AT+SSLCERTSET. A verified
-# session first waits (bounded) for the clock: the certificate dates are checked.
-async def _tls_context():
-    server, client = ctx.settings["mqtt_caverify"]
-    try:
-        t = tls.context(server, client)
-    except at.AtError as e:
-        raise Failure(e.detail, INIT_ERROR)
-    if server:
-        try:
-            await tls.clock_ready()
-        except at.AtError as e:
-            raise Failure(e.detail)
-    return t
-
-
 class Session:
     def __init__(self):
         self.status = CLOSED
@@ -200,52 +184,49 @@ class Session:
     # (and when the first attempt fails); CONNECT,FAIL or CONNECT,INIT_ERROR when giving up.
     async def _session(self):
         try:
-            await self._keep()
+            backoff = _BACKOFF_MIN_MS
+            told = False  # CONNECT,RECONNECTING already announced for this outage
+            while True:
+                if wifi.online():
+                    self._attempting = True
+                    try:
+                        await asyncio.wait_for_ms(aio.task(self._open()), _CONNECT_MS)
+                        ok = True
+                    except Exception as e:  # OSError, Failure, TimeoutError, TLS ValueError
+                        if isinstance(e, Failure) and len(e.args) > 1:
+                            return self._give_up(e.args[1], e.args[0])
+                        if isinstance(e, ValueError):  # a refused certificate stays refused
+                            return self._give_up(FAILED, _why(e))
+                        self._failed(e)
+                        ok = False
+                    self._attempting = False
+                    if ok:
+                        backoff = _BACKOFF_MIN_MS
+                        told = False
+                        await self._serve()
+                        if not ctx.settings["mqtt_reconn"]:
+                            return self._give_up(FAILED, ctx.mqtt_error)
+                        self.status = CONNECTING
+                        events.emit("MQTTEVENT", CONNECTING)
+                        told = True
+                        continue  # reconnect at once after a loss, back off after failures
+                else:
+                    ctx.mqtt_error = "Wi-Fi is down"
+                if not ctx.settings["mqtt_reconn"]:
+                    return self._give_up(FAILED, ctx.mqtt_error)
+                if not told:
+                    events.emit("MQTTEVENT", CONNECTING)
+                    told = True
+                if not wifi.online():
+                    while not wifi.online():
+                        await asyncio.sleep_ms(_WIFI_MS)
+                    continue
+                await asyncio.sleep_ms(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_MS)
         except Exception as e:  # a bug: say so rather than stay "connecting" forever
             log.exc(e, "mqtt session")
             self._drop(False)
             self._give_up(FAILED, "internal error: " + _why(e))
-
-    async def _keep(self):
-        backoff = _BACKOFF_MIN_MS
-        told = False  # CONNECT,RECONNECTING already announced for this outage
-        while True:
-            if wifi.online():
-                self._attempting = True
-                try:
-                    await asyncio.wait_for_ms(aio.task(self._open()), _CONNECT_MS)
-                    ok = True
-                except Exception as e:  # OSError, Failure, TimeoutError, TLS ValueError
-                    if isinstance(e, Failure) and len(e.args) > 1:
-                        return self._give_up(e.args[1], e.args[0])
-                    if isinstance(e, ValueError):  # a refused certificate stays refused
-                        return self._give_up(FAILED, _why(e))
-                    self._failed(e)
-                    ok = False
-                self._attempting = False
-                if ok:
-                    backoff = _BACKOFF_MIN_MS
-                    told = False
-                    await self._serve()
-                    if not ctx.settings["mqtt_reconn"]:
-                        return self._give_up(FAILED, ctx.mqtt_error)
-                    self.status = CONNECTING
-                    events.emit("MQTTEVENT", CONNECTING)
-                    told = True
-                    continue  # reconnect at once after a loss, back off after failures
-            else:
-                ctx.mqtt_error = "Wi-Fi is down"
-            if not ctx.settings["mqtt_reconn"]:
-                return self._give_up(FAILED, ctx.mqtt_error)
-            if not told:
-                events.emit("MQTTEVENT", CONNECTING)
-                told = True
-            if not wifi.online():
-                while not wifi.online():
-                    await asyncio.sleep_ms(_WIFI_MS)
-                continue
-            await asyncio.sleep_ms(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX_MS)
 
     def _failed(self, e):
         ctx.mqtt_error = _why(e)
@@ -270,7 +251,18 @@ class Session:
         host, port = st["mqtt_sock"]
         if not host:
             raise Failure("no broker address (AT+MQTTSOCK)", INIT_ERROR)
-        context = await _tls_context() if st["mqtt_ssl"] else None
+        context = None
+        if st["mqtt_ssl"]:  # certificates from AT+SSLCERTSET
+            server, client = st["mqtt_caverify"]
+            try:
+                context = tls.context(server, client)
+            except at.AtError as e:
+                raise Failure(e.detail, INIT_ERROR)
+            if server:  # first wait (bounded) for the clock: the certificate dates are checked
+                try:
+                    await tls.clock_ready()
+                except at.AtError as e:
+                    raise Failure(e.detail)
         a = self._addr
         if a is None or a[0] != host or a[1] != port:
             try:  # TODO this is blocking: DNS, once per session (instant for an IP address)

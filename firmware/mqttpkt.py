@@ -92,19 +92,12 @@ def connect(buf, cid, user, password, keepalive):
     return i
 
 
-# PUBLISH (3.3) up to its payload of size bytes, which follows it on the wire; pid is ignored
-# at QoS 0. At most _HEAD_MAX + 4 + len(topic) bytes.
-def publish_head(buf, pid, topic, size, qos, dup=False):
+# PUBLISH (3.3) up to its payload of size bytes, which follows it on the wire (never resent:
+# no DUP flag); pid is ignored at QoS 0. At most _HEAD_MAX + 4 + len(topic) bytes.
+def publish_head(buf, pid, topic, size, qos):
     n = 2 + len(topic) + size + (2 if qos else 0)
-    i = _field(buf, _head(buf, 0x30 | dup << 3 | qos << 1, n), topic)
+    i = _field(buf, _head(buf, 0x30 | qos << 1, n), topic)
     return _u16(buf, i, pid) if qos else i
-
-
-# PUBLISH (3.3) with its payload.
-def publish(buf, pid, topic, payload, qos, dup=False):
-    i = publish_head(buf, pid, topic, len(payload), qos, dup)
-    buf[i : i + len(payload)] = payload
-    return i + len(payload)
 
 
 # PUBACK, PUBREC, PUBREL, PUBCOMP: the packet id alone (PUBREL has flags 0010, 3.6.1)

@@ -96,6 +96,8 @@ _WORDS = {
 def _why(e):
     if isinstance(e, Failure):
         return e.args[0]
+    if isinstance(e, at.AtError):  # from tls: no clock yet, no memory for another session
+        return e.detail
     if isinstance(e, ValueError):  # mbedTLS: the certificate check, with its reason
         return "TLS: " + tls.reason(e)
     if isinstance(e, asyncio.TimeoutError):
@@ -192,7 +194,7 @@ class Session:
                     try:
                         await asyncio.wait_for_ms(aio.task(self._open()), _CONNECT_MS)
                         ok = True
-                    except Exception as e:  # OSError, Failure, TimeoutError, TLS ValueError
+                    except Exception as e:  # OSError, Failure, AtError, TimeoutError, ValueError
                         if isinstance(e, Failure) and len(e.args) > 1:
                             return self._give_up(e.args[1], e.args[0])
                         if isinstance(e, ValueError):  # a refused certificate stays refused
@@ -244,8 +246,8 @@ class Session:
 
     # Open TCP (and TLS) without blocking, CONNECT, CONNACK, then subscribe the stored ids in
     # one SUBSCRIBE and report them before CONNECT,SUCCESS (so a driver that sends its next
-    # command on CONNECT,SUCCESS never meets them). Raises Failure, OSError or a TLS
-    # ValueError.
+    # command on CONNECT,SUCCESS never meets them). Raises Failure, at.AtError (tls),
+    # OSError or a TLS ValueError.
     async def _open(self):
         st = ctx.settings
         host, port = st["mqtt_sock"]
@@ -259,10 +261,7 @@ class Session:
             except at.AtError as e:
                 raise Failure(e.detail, INIT_ERROR)
             if server:  # first wait (bounded) for the clock: the certificate dates are checked
-                try:
-                    await tls.clock_ready()
-                except at.AtError as e:
-                    raise Failure(e.detail)
+                await tls.clock_ready()
         a = self._addr
         if a is None or a[0] != host or a[1] != port:
             try:  # TODO this is blocking: DNS, once per session (instant for an IP address)
@@ -282,10 +281,7 @@ class Session:
                     raise
             await aio.writable(s)
             if context is not None:  # the first writes run the handshake
-                try:
-                    tls.acquire()
-                except at.AtError as e:
-                    raise Failure(e.detail)
+                tls.acquire()
                 self._tls_held = True
                 s = self._sock = context.wrap_socket(
                     s, server_hostname=host, do_handshake_on_connect=False

@@ -59,16 +59,10 @@ _UNSUB = const(2)
 _QUIET = const(3)  # unsubscribing a topic a slot no longer uses: no event
 
 
-# Why a connection failed or ended; the text is the reason (AT+MQTTERR).
-class Failure(Exception):  # worth retrying
-    pass
-
-
-class InitError(Exception):  # the configuration cannot work
-    pass
-
-
-class Refused(Exception):  # refused in a way that retrying cannot fix
+# Why a connection failed or ended: Failure(reason for AT+MQTTERR), worth retrying, or
+# Failure(reason, word) to give up with that result word: INIT_ERROR when the configuration
+# cannot work, FAILED when refused in a way that retrying cannot fix.
+class Failure(Exception):
     pass
 
 
@@ -100,8 +94,10 @@ _WORDS = {
 
 # A failure in plain words, one line.
 def _why(e):
-    if isinstance(e, (Failure, InitError, Refused)):
+    if isinstance(e, Failure):
         return e.args[0]
+    if isinstance(e, at.AtError):  # from tls: no clock yet, no memory for another session
+        return e.detail
     if isinstance(e, ValueError):  # mbedTLS: the certificate check, with its reason
         return "TLS: " + tls.reason(e)
     if isinstance(e, asyncio.TimeoutError):
@@ -112,22 +108,6 @@ def _why(e):
             return "TLS error -0x{:x}".format(-code)
         return _WORDS.get(code) or errno.errorcode.get(code, "error {}".format(code))
     return repr(e)
-
-
-# The TLS context of AT+MQTTSSL / AT+MQTTCAVERIFY, certificates from AT+SSLCERTSET. A verified
-# session first waits (bounded) for the clock: the certificate dates are checked.
-async def _tls_context():
-    server, client = ctx.settings["mqtt_caverify"]
-    try:
-        t = tls.context(server, client)
-    except at.AtError as e:
-        raise InitError(e.detail)
-    if server:
-        try:
-            await tls.clock_ready()
-        except at.AtError as e:
-            raise Failure(e.detail)
-    return t
 
 
 class Session:
@@ -206,52 +186,49 @@ class Session:
     # (and when the first attempt fails); CONNECT,FAIL or CONNECT,INIT_ERROR when giving up.
     async def _session(self):
         try:
-            await self._keep()
+            backoff = _BACKOFF_MIN_MS
+            told = False  # CONNECT,RECONNECTING already announced for this outage
+            while True:
+                if wifi.online():
+                    self._attempting = True
+                    try:
+                        await asyncio.wait_for_ms(aio.task(self._open()), _CONNECT_MS)
+                        ok = True
+                    except Exception as e:  # OSError, Failure, AtError, TimeoutError, ValueError
+                        if isinstance(e, Failure) and len(e.args) > 1:
+                            return self._give_up(e.args[1], e.args[0])
+                        if isinstance(e, ValueError):  # a refused certificate stays refused
+                            return self._give_up(FAILED, _why(e))
+                        self._failed(e)
+                        ok = False
+                    self._attempting = False
+                    if ok:
+                        backoff = _BACKOFF_MIN_MS
+                        told = False
+                        await self._serve()
+                        if not ctx.settings["mqtt_reconn"]:
+                            return self._give_up(FAILED, ctx.mqtt_error)
+                        self.status = CONNECTING
+                        events.emit("MQTTEVENT", CONNECTING)
+                        told = True
+                        continue  # reconnect at once after a loss, back off after failures
+                else:
+                    ctx.mqtt_error = "Wi-Fi is down"
+                if not ctx.settings["mqtt_reconn"]:
+                    return self._give_up(FAILED, ctx.mqtt_error)
+                if not told:
+                    events.emit("MQTTEVENT", CONNECTING)
+                    told = True
+                if not wifi.online():
+                    while not wifi.online():
+                        await asyncio.sleep_ms(_WIFI_MS)
+                    continue
+                await asyncio.sleep_ms(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_MS)
         except Exception as e:  # a bug: say so rather than stay "connecting" forever
             log.exc(e, "mqtt session")
             self._drop(False)
             self._give_up(FAILED, "internal error: " + _why(e))
-
-    async def _keep(self):
-        backoff = _BACKOFF_MIN_MS
-        told = False  # CONNECT,RECONNECTING already announced for this outage
-        while True:
-            if wifi.online():
-                self._attempting = True
-                try:
-                    await asyncio.wait_for_ms(aio.task(self._open()), _CONNECT_MS)
-                    ok = True
-                except InitError as e:
-                    return self._give_up(INIT_ERROR, _why(e))
-                except (Refused, ValueError) as e:  # a refused certificate stays refused
-                    return self._give_up(FAILED, _why(e))
-                except Exception as e:  # OSError, Failure, TimeoutError
-                    self._failed(e)
-                    ok = False
-                self._attempting = False
-                if ok:
-                    backoff = _BACKOFF_MIN_MS
-                    told = False
-                    await self._serve()
-                    if not ctx.settings["mqtt_reconn"]:
-                        return self._give_up(FAILED, ctx.mqtt_error)
-                    self.status = CONNECTING
-                    events.emit("MQTTEVENT", CONNECTING)
-                    told = True
-                    continue  # reconnect at once after a loss, back off after failures
-            else:
-                ctx.mqtt_error = "Wi-Fi is down"
-            if not ctx.settings["mqtt_reconn"]:
-                return self._give_up(FAILED, ctx.mqtt_error)
-            if not told:
-                events.emit("MQTTEVENT", CONNECTING)
-                told = True
-            if not wifi.online():
-                while not wifi.online():
-                    await asyncio.sleep_ms(_WIFI_MS)
-                continue
-            await asyncio.sleep_ms(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX_MS)
 
     def _failed(self, e):
         ctx.mqtt_error = _why(e)
@@ -267,7 +244,24 @@ class Session:
         self.status = word
         events.emit("MQTTEVENT", word)
 
-    def _resolve(self, host, port):
+    # Open TCP (and TLS) without blocking, CONNECT, CONNACK, then subscribe the stored ids in
+    # one SUBSCRIBE and report them before CONNECT,SUCCESS (so a driver that sends its next
+    # command on CONNECT,SUCCESS never meets them). Raises Failure, at.AtError (tls),
+    # OSError or a TLS ValueError.
+    async def _open(self):
+        st = ctx.settings
+        host, port = st["mqtt_sock"]
+        if not host:
+            raise Failure("no broker address (AT+MQTTSOCK)", INIT_ERROR)
+        context = None
+        if st["mqtt_ssl"]:  # certificates from AT+SSLCERTSET
+            server, client = st["mqtt_caverify"]
+            try:
+                context = tls.context(server, client)
+            except at.AtError as e:
+                raise Failure(e.detail, INIT_ERROR)
+            if server:  # first wait (bounded) for the clock: the certificate dates are checked
+                await tls.clock_ready()
         a = self._addr
         if a is None or a[0] != host or a[1] != port:
             try:  # TODO this is blocking: DNS, once per session (instant for an IP address)
@@ -275,35 +269,19 @@ class Session:
             except OSError:
                 raise Failure("DNS: cannot resolve " + host)
             a = self._addr = (host, port, ai[-1])
-        return a[2]
-
-    # Open TCP (and TLS) without blocking, CONNECT, CONNACK, then subscribe the stored ids in
-    # one SUBSCRIBE and report them before CONNECT,SUCCESS (so a driver that sends its next
-    # command on CONNECT,SUCCESS never meets them). Raises InitError, Refused, Failure,
-    # OSError or a TLS ValueError.
-    async def _open(self):
-        st = ctx.settings
-        host, port = st["mqtt_sock"]
-        if not host:
-            raise InitError("no broker address (AT+MQTTSOCK)")
-        context = await _tls_context() if st["mqtt_ssl"] else None
-        addr = self._resolve(host, port)
         user, pswd = st["mqtt_auth"]
         cid = st["mqtt_cid"] or "EMW_" + wifi.mac_text(wifi.station.wlan.config("mac"), "")
         s = self._sock = socket.socket()
         try:
             s.setblocking(False)
             try:
-                s.connect(addr)
+                s.connect(a[2])
             except OSError as e:
                 if e.args[0] != errno.EINPROGRESS:
                     raise
             await aio.writable(s)
             if context is not None:  # the first writes run the handshake
-                try:
-                    tls.acquire()
-                except at.AtError as e:
-                    raise Failure(e.detail)
+                tls.acquire()
                 self._tls_held = True
                 s = self._sock = context.wrap_socket(
                     s, server_hostname=host, do_handshake_on_connect=False
@@ -321,27 +299,28 @@ class Session:
             if code == mqttpkt.UNAVAILABLE:
                 raise Failure("broker refused: server unavailable")
             if code:
-                raise Refused("broker refused: " + mqttpkt.refusal(code))
-            await self._resubscribe()
+                raise Failure("broker refused: " + mqttpkt.refusal(code), FAILED)
+            ids = [i for i in range(SUBS) if sub(i)]
+            if ids:
+                pid = self._next_pid()
+                await self._send(
+                    mqttpkt.subscribe, (pid, [(sub(i)[0].encode(), sub(i)[1]) for i in ids])
+                )
+                while True:
+                    first, body = await self._packet()
+                    if (
+                        first >> 4 == mqttpkt.SUBACK
+                        and body is not None
+                        and mqttpkt.pid(body) == pid
+                    ):
+                        break
+                    await self._handle(first, body)
+                for k, i in enumerate(ids):
+                    code = body[2 + k] if 2 + k < len(body) else mqttpkt.SUB_FAILURE
+                    self._complete(_SUB, i, code != mqttpkt.SUB_FAILURE)
         except BaseException:  # failures, timeout and cancellation alike
             self._close_socket()
             raise
-
-    async def _resubscribe(self):
-        ids = [i for i in range(SUBS) if sub(i)]
-        if not ids:
-            return
-        pid = self._next_pid()
-        await self._send(mqttpkt.subscribe, (pid, [(sub(i)[0].encode(), sub(i)[1]) for i in ids]))
-        while True:
-            first, body = await self._packet()
-            if first >> 4 == mqttpkt.SUBACK and body is not None and mqttpkt.pid(body) == pid:
-                break
-            await self._handle(first, body)
-        for k, i in enumerate(ids):
-            code = body[2 + k] if 2 + k < len(body) else mqttpkt.SUB_FAILURE
-            self.subs[i] = SUB_FAIL if code == mqttpkt.SUB_FAILURE else SUB_OK
-            events.emit("MQTTEVENT", "{},{}".format(i, self.subs[i]))
 
     # Connected: run reader, deliverer and watchdog until the connection is lost.
     async def _serve(self):
@@ -391,23 +370,26 @@ class Session:
         self._pending = {}
         self._room.set()
         for kind, i, _ in pending.values():
-            if kind == _PUB:
-                self._report_pub(PUB_FAIL)
-            elif kind == _SUB and not again:
-                self._report_sub(i, SUB_FAIL)
-            elif kind == _UNSUB:  # the broker forgets subscriptions with the session
-                self._report_sub(i, UNSUB_OK)
+            if kind != _SUB or not again:  # the broker forgets subscriptions with the session
+                self._complete(kind, i, kind == _UNSUB)
         for i in range(SUBS):
             if self.subs[i] == SUB_OK:
                 self.subs[i] = None
 
-    def _report_pub(self, word):
-        self.pub = word
+    # Report the outcome of a request (kind, subscription id): ok or failed.
+    def _complete(self, kind, i, ok):
+        if kind == _PUB:
+            self.pub = word = PUB_OK if ok else PUB_FAIL
+        elif kind == _QUIET:
+            return
+        else:
+            if kind == _SUB:
+                word = SUB_OK if ok else SUB_FAIL
+            else:
+                word = UNSUB_OK if ok else UNSUB_FAIL
+            self.subs[i] = word
+            word = "{},{}".format(i, word)
         events.emit("MQTTEVENT", word)
-
-    def _report_sub(self, i, word):
-        self.subs[i] = word
-        events.emit("MQTTEVENT", "{},{}".format(i, word))
 
     # Write one packet: encode(buffer, *args) fills the buffer and returns the length; the
     # packet's payload, if it has one, is tail (bytes or a memoryview), written as it is after
@@ -481,10 +463,13 @@ class Session:
             pid = mqttpkt.pid(body)
             if pid in self._pending:  # our QoS 2 publish: PUBCOMP completes it
                 await self._send(mqttpkt.ack, (mqttpkt.PUBREL, pid))
-        elif kind in (mqttpkt.PUBACK, mqttpkt.PUBCOMP, mqttpkt.UNSUBACK):
-            self._done(mqttpkt.pid(body), 0)
-        elif kind == mqttpkt.SUBACK:
-            self._done(mqttpkt.pid(body), body[2])
+        elif kind in (mqttpkt.PUBACK, mqttpkt.PUBCOMP, mqttpkt.UNSUBACK, mqttpkt.SUBACK):
+            e = self._pending.pop(mqttpkt.pid(body), None)
+            if e is not None:  # else an ack that came after its deadline
+                self._room.set()
+                self._complete(
+                    e[0], e[1], kind != mqttpkt.SUBACK or body[2] != mqttpkt.SUB_FAILURE
+                )
         # PINGRESP: its arrival is all that counts (_last_rx)
 
     # Deliverer: the held messages go out as soon as no response is open on the UART, all at
@@ -519,36 +504,13 @@ class Session:
                     if time.ticks_diff(now, pinged) >= k // 2:
                         pinged = now
                         await self._send(mqttpkt.pingreq)
-                self._expire(now)
+                for pid in [p for p, e in self._pending.items() if time.ticks_diff(now, e[2]) > 0]:
+                    kind, i, _ = self._pending.pop(pid)  # its ack is late
+                    self._room.set()
+                    self._complete(kind, i, False)
         except (OSError, Failure) as e:
             self._failed(e)
         lost.set()
-
-    def _expire(self, now):
-        late = [p for p, e in self._pending.items() if time.ticks_diff(now, e[2]) > 0]
-        for pid in late:
-            kind, i, _ = self._pending.pop(pid)
-            self._room.set()
-            if kind == _PUB:
-                self._report_pub(PUB_FAIL)
-            elif kind == _SUB:
-                self._report_sub(i, SUB_FAIL)
-            elif kind == _UNSUB:
-                self._report_sub(i, UNSUB_FAIL)
-
-    # PUBACK, PUBCOMP, SUBACK, UNSUBACK
-    def _done(self, pid, code):
-        e = self._pending.pop(pid, None)
-        if e is None:
-            return  # an ack that came after its deadline
-        self._room.set()
-        kind, i, _ = e
-        if kind == _PUB:
-            self._report_pub(PUB_OK)
-        elif kind == _SUB:
-            self._report_sub(i, SUB_FAIL if code == mqttpkt.SUB_FAILURE else SUB_OK)
-        elif kind == _UNSUB:
-            self._report_sub(i, UNSUB_OK)
 
     def _next_pid(self):
         p = self._pid
@@ -602,7 +564,7 @@ class Session:
             e = sub(j)
             if j != i and e and e[0] == topic:
                 if not quiet:
-                    self._report_sub(i, UNSUB_OK)
+                    self._complete(_UNSUB, i, True)
                 return
         await self._request(_QUIET if quiet else _UNSUB, i, mqttpkt.unsubscribe, (topic.encode(),))
 
@@ -616,7 +578,7 @@ class Session:
             await self._request(_PUB, None, mqttpkt.publish_head, (topic, size, qos), data)
         else:
             await self._send(mqttpkt.publish_head, (0, topic, size, 0), data)
-            self._report_pub(PUB_OK)
+            self._complete(_PUB, None, True)
 
     # A handler's write failed: the connection is gone; the session task takes it from here.
     def broken(self, e):

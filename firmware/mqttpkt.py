@@ -17,15 +17,15 @@ PUBACK = const(4)
 PUBREC = const(5)
 PUBREL = const(6)
 PUBCOMP = const(7)
-SUBSCRIBE = const(8)
+_SUBSCRIBE = const(8)
 SUBACK = const(9)
-UNSUBSCRIBE = const(10)
+_UNSUBSCRIBE = const(10)
 UNSUBACK = const(11)
-PINGREQ = const(12)
-PINGRESP = const(13)
-DISCONNECT = const(14)
+_PINGREQ = const(12)
+_PINGRESP = const(13)
+_DISCONNECT = const(14)
 
-HEAD_MAX = const(5)  # a fixed header: the first byte and up to 4 bytes of remaining length
+_HEAD_MAX = const(5)  # a fixed header: the first byte and up to 4 bytes of remaining length
 SUB_FAILURE = const(0x80)  # a SUBACK return code (3.9.3)
 UNAVAILABLE = const(3)  # CONNACK: server unavailable, the one refusal worth retrying
 
@@ -92,19 +92,12 @@ def connect(buf, cid, user, password, keepalive):
     return i
 
 
-# PUBLISH (3.3) up to its payload of size bytes, which follows it on the wire; pid is ignored
-# at QoS 0. At most HEAD_MAX + 4 + len(topic) bytes.
-def publish_head(buf, pid, topic, size, qos, dup=False):
+# PUBLISH (3.3) up to its payload of size bytes, which follows it on the wire (never resent:
+# no DUP flag); pid is ignored at QoS 0. At most _HEAD_MAX + 4 + len(topic) bytes.
+def publish_head(buf, pid, topic, size, qos):
     n = 2 + len(topic) + size + (2 if qos else 0)
-    i = _field(buf, _head(buf, 0x30 | dup << 3 | qos << 1, n), topic)
+    i = _field(buf, _head(buf, 0x30 | qos << 1, n), topic)
     return _u16(buf, i, pid) if qos else i
-
-
-# PUBLISH (3.3) with its payload.
-def publish(buf, pid, topic, payload, qos, dup=False):
-    i = publish_head(buf, pid, topic, len(payload), qos, dup)
-    buf[i : i + len(payload)] = payload
-    return i + len(payload)
 
 
 # PUBACK, PUBREC, PUBREL, PUBCOMP: the packet id alone (PUBREL has flags 0010, 3.6.1)
@@ -133,13 +126,13 @@ def unsubscribe(buf, pid, topic):
 
 
 def pingreq(buf):
-    buf[0] = PINGREQ << 4
+    buf[0] = _PINGREQ << 4
     buf[1] = 0
     return 2
 
 
 def disconnect(buf):
-    buf[0] = DISCONNECT << 4
+    buf[0] = _DISCONNECT << 4
     buf[1] = 0
     return 2
 
@@ -199,9 +192,6 @@ class Reader:
     def held(self):
         mv = self._mv
         return [(h[0], mv[h[1] : h[1] + h[2]]) for h in self._held]
-
-    def holding(self):
-        return bool(self._held)
 
     def release(self):
         self._held = []

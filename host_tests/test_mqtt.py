@@ -24,6 +24,7 @@ from firmware import mqttpkt
 from host_tests.module import Module
 from host_tests.mosquitto import Broker, free_port, have_mosquitto
 from host_tests.ntpserver import NtpServer
+from host_tests.test_mqttpkt import publish as publish_packet
 
 pytestmark = pytest.mark.skipif(
     not have_mosquitto() or not shutil.which("mosquitto_sub"), reason="mosquitto not installed"
@@ -819,13 +820,13 @@ def test_misbehaving_broker(module):
         first, body = fake.packet(conn)
         assert first == 0x82 and body[2:] == b"\x00\x03f/#\x02"
         conn.sendall(b"\x90\x03" + body[:2] + b"\x02")
-        fake.send(conn, mqttpkt.publish, 7, b"f/a", b"one", 2)
-        fake.send(conn, mqttpkt.publish, 7, b"f/a", b"one", 2, True)  # DUP, before PUBREL
+        fake.send(conn, publish_packet, 7, b"f/a", b"one", 2)
+        fake.send(conn, publish_packet, 7, b"f/a", b"one", 2, True)  # DUP, before PUBREL
         seen.extend(fake.packet(conn) for _ in range(2))
         fake.send(conn, mqttpkt.ack, mqttpkt.PUBREL, 7)
         seen.append(fake.packet(conn))
-        fake.send(conn, mqttpkt.publish, 0, b"f/big", b"x" * 6000, 0)
-        fake.send(conn, mqttpkt.publish, 8, b"f/b", b"two", 1)
+        fake.send(conn, publish_packet, 0, b"f/big", b"x" * 6000, 0)
+        fake.send(conn, publish_packet, 8, b"f/b", b"two", 1)
         seen.append(fake.packet(conn))
         conn.sendall(b"\x30\xff\xff\xff\xff\x01")  # a remaining length of five bytes
         time.sleep(1)

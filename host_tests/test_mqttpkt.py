@@ -13,6 +13,14 @@ def enc(fn, *args) -> bytes:
     return bytes(buf[:n])
 
 
+# A whole PUBLISH, as a broker sends it (the firmware writes a payload after publish_head).
+def publish(buf, pid, topic, payload, qos, dup=False):
+    i = p.publish_head(buf, pid, topic, len(payload), qos)
+    buf[0] |= dup << 3
+    buf[i : i + len(payload)] = payload
+    return i + len(payload)
+
+
 ENCODE = [
     # CONNECT: "MQTT", level 4, clean session, keepalive, client id (3.1)
     ((p.connect, b"abc", b"", b"", 60),
@@ -23,10 +31,10 @@ ENCODE = [
     ((p.connect, b"c", b"", b"pw", 0), b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x00\x00\x01c"),
     ((p.connect, b"", b"", b"", 0), b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x00\x00\x00"),
     # PUBLISH at QoS 0 has no packet id; QoS 1/2 do; DUP is bit 3 (3.3)
-    ((p.publish, 7, b"a/b", b"hi", 0), b"\x30\x07\x00\x03a/bhi"),
-    ((p.publish, 7, b"a/b", b"hi", 1), b"\x32\x09\x00\x03a/b\x00\x07hi"),
-    ((p.publish, 0x1234, b"t", b"\r\n\x00\xff", 2), b"\x34\x09\x00\x01t\x12\x34\r\n\x00\xff"),
-    ((p.publish, 1, b"t", b"", 1, True), b"\x3a\x05\x00\x01t\x00\x01"),
+    ((publish, 7, b"a/b", b"hi", 0), b"\x30\x07\x00\x03a/bhi"),
+    ((publish, 7, b"a/b", b"hi", 1), b"\x32\x09\x00\x03a/b\x00\x07hi"),
+    ((publish, 0x1234, b"t", b"\r\n\x00\xff", 2), b"\x34\x09\x00\x01t\x12\x34\r\n\x00\xff"),
+    ((publish, 1, b"t", b"", 1, True), b"\x3a\x05\x00\x01t\x00\x01"),
     ((p.ack, p.PUBACK, 0x0102), b"\x40\x02\x01\x02"),
     ((p.ack, p.PUBREC, 5), b"\x50\x02\x00\x05"),
     ((p.ack, p.PUBREL, 5), b"\x62\x02\x00\x05"),  # PUBREL's reserved flags are 0010
@@ -78,7 +86,7 @@ def feed(r: p.Reader, data: bytes) -> list:
 
 def test_decoder_streams_across_reads():
     stream = (
-        enc(p.publish, 1, b"a", b"x" * 200, 1)  # 2-byte remaining length
+        enc(publish, 1, b"a", b"x" * 200, 1)  # 2-byte remaining length
         + b"\x20\x02\x00\x00"  # CONNACK accepted
         + b"\xd0\x00"  # PINGRESP: an empty body
         + b"\x90\x03\x00\x01\x80"  # SUBACK failure
@@ -97,7 +105,7 @@ def test_decoder_streams_across_reads():
 
 
 def test_decoder_skips_a_packet_larger_than_its_buffer():
-    big = enc(p.publish, 0, b"t", b"y" * 100, 0)
+    big = enc(publish, 0, b"t", b"y" * 100, 0)
     after = b"\xd0\x00"
     r = p.Reader(64)
     got = feed(r, big[:50]) + feed(r, big[50:90]) + feed(r, big[90:] + after)
@@ -107,8 +115,8 @@ def test_decoder_skips_a_packet_larger_than_its_buffer():
 def test_decoder_holds_packets_while_reading_on():
     """Held messages stay intact while later packets are read and the buffer is compacted;
     release() gives their room back."""
-    m1 = enc(p.publish, 1, b"t", b"a" * 20, 1)
-    m2 = enc(p.publish, 2, b"t", b"b" * 20, 1)
+    m1 = enc(publish, 1, b"t", b"a" * 20, 1)
+    m2 = enc(publish, 2, b"t", b"b" * 20, 1)
     r = p.Reader(64)
     fill(r, b"\xd0\x00" + m1 + b"\x40\x02\x00")
     first, body = r.next()
@@ -123,9 +131,9 @@ def test_decoder_holds_packets_while_reading_on():
     r.hold(first, body)
     assert len(r.space()) == 64 - (len(m1) - 2) - 4 - len(m2)  # held bodies and m2 remain
     assert [(f, bytes(b)) for f, b in r.held()] == [(0x32, m1[2:]), (0x32, m2[2:])]
-    assert r.holding()
+    assert r.held()
     r.release()
-    assert not r.holding()
+    assert not r.held()
     assert len(r.space()) == 64
 
 

@@ -169,19 +169,17 @@ def _send_set(p):
 
 async def _send_data(data):
     s = mqtt.get()
-    if not s.up():
-        s.pub = mqtt.PUB_FAIL
-        why = ": " + ctx.mqtt_error if ctx.mqtt_error else ""
-        raise at.AtError(at.E_STATE, "MQTT is not connected" + why)
-    if not ctx.settings["mqtt_pub"][0]:
-        s.pub = mqtt.PUB_FAIL
-        raise at.AtError(at.E_STATE, "no topic (AT+MQTTPUB)")
     try:
-        await s.publish(data)
-    except OSError as e:
-        s.pub = mqtt.PUB_FAIL
-        s.broken(e)
-        raise at.AtError(at.E_FAIL, "publish: " + ctx.mqtt_error)
+        if not s.up():
+            why = ": " + ctx.mqtt_error if ctx.mqtt_error else ""
+            raise at.AtError(at.E_STATE, "MQTT is not connected" + why)
+        if not ctx.settings["mqtt_pub"][0]:
+            raise at.AtError(at.E_STATE, "no topic (AT+MQTTPUB)")
+        try:
+            await s.publish(data)
+        except OSError as e:
+            s.broken(e)
+            raise at.AtError(at.E_FAIL, "publish: " + ctx.mqtt_error)
     except at.AtError:
         s.pub = mqtt.PUB_FAIL
         raise

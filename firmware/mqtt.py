@@ -273,6 +273,9 @@ class Session:
         cid = st["mqtt_cid"] or "EMW_" + wifi.mac_text(wifi.station.wlan.config("mac"), "")
         s = self._sock = socket.socket()
         try:
+            # A packet goes out in two writes (head, then the payload in place): with Nagle's
+            # algorithm the second waited for the broker's delayed ACK, 40 ms per QoS 1 publish.
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.setblocking(False)
             try:
                 s.connect(a[2])

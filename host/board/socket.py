@@ -31,6 +31,10 @@ finally:
     sys.path = _path
     del _path
 
+# ports/esp32/modsocket.c exports lwIP's IPPROTO_TCP and TCP_NODELAY (setsockopt passes them to
+# lwip_setsockopt); the unix port's module has neither. Linux's values are the same.
+IPPROTO_TCP = const(6)
+TCP_NODELAY = const(1)
 _MP_STREAM_GET_FILENO = const(10)
 _EISCONN_NEWLIB = const(127)
 _EISCONN_LINUX = const(106)

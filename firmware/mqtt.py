@@ -264,7 +264,7 @@ class Session:
                 await tls.clock_ready()
         a = self._addr
         if a is None or a[0] != host or a[1] != port:
-            try:  # TODO this is blocking: DNS, once per session (instant for an IP address)
+            try:  # blocks: DNS, once per session and host (instant for an IP address)
                 ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
             except OSError:
                 raise Failure("DNS: cannot resolve " + host)

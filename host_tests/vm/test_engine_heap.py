@@ -73,7 +73,7 @@ uart.n = 0
 eng = serial.Serial(uart, {"CIPSTART": (None, None, starved, None)}, Settings())
 line = b"AT+CIPSTART=0,udp_unicast,1.2.3.4,5\r"
 eng._rx[: len(line)] = line
-asyncio.run(eng._take_line(eng._rxmv, 0, len(line)))
+asyncio.run(eng._take_line(memoryview(eng._rx), 0, len(line)))
 assert bytes(uart.out[: uart.n]) == b"\r\nERROR\r\n", bytes(uart.out[: uart.n])
 assert eng.last_error == (10, "out of memory while AT+CIPSTART"), eng.last_error
 eng.out_of_memory("reading the UART")

@@ -25,8 +25,8 @@ def run():
 # Called once at start: the tables are locals, freed once the UART is open.
 def open_uart(cfg):
     baud, bits, stop, parity, flow = cfg
-    uart = machine.UART
-    return uart(
+    UART = machine.UART
+    return UART(
         board.UART_ID,
         baudrate=baud,
         bits=bits,
@@ -36,7 +36,7 @@ def open_uart(cfg):
         rx=board.UART_RX,
         rts=board.UART_RTS,
         cts=board.UART_CTS,
-        flow={"NONE": 0, "CTS": uart.CTS, "RTS": uart.RTS, "CTSRTS": uart.CTS | uart.RTS}[flow],
+        flow={"NONE": 0, "CTS": UART.CTS, "RTS": UART.RTS, "CTSRTS": UART.CTS | UART.RTS}[flow],
         txbuf=board.UART_TXBUF,
         rxbuf=board.UART_RXBUF,
     )

@@ -129,6 +129,8 @@ class Radio:
         self.advertising = on
         if not on:
             self.ble.gap_advertise(None)
+            if self.conn is None:
+                _stop()
             return
         if self.conn is not None:
             return  # one phone at a time: advertising resumes when it leaves
@@ -250,6 +252,9 @@ class Radio:
                 self._readvertise = False
                 if self.advertising and self.conn is None:
                     self.advertise(True)
+            if self.conn is None and not self.advertising:
+                _stop()  # the phone left a radio that is not discoverable
+                return
 
     # Write the bonds to flash when they changed (outside the IRQ: NimBLE waits for its
     # handler, and a flash write takes milliseconds).
@@ -257,14 +262,16 @@ class Radio:
         while True:
             await self._store.wait()
             await asyncio.sleep_ms(_SAVE_MS)
-            if self._dirty:
-                self._dirty = False
-                rows = [[t, _b64(k), _b64(v)] for t, k, v in self._secrets]
-                try:
-                    settings.write_file(_SECRETS, json.dumps(rows))
-                except OSError as e:
-                    log.warn("bt: bonds not saved: {!r}".format(e))
-                rows = None
+            self._save()
+
+    def _save(self):
+        if self._dirty:
+            self._dirty = False
+            rows = [[t, _b64(k), _b64(v)] for t, k, v in self._secrets]
+            try:
+                settings.write_file(_SECRETS, json.dumps(rows))
+            except OSError as e:
+                log.warn("bt: bonds not saved: {!r}".format(e))
 
     # Write what is in the ring: +BTEVENT:DATA,<len>,<data> events in command mode with
     # BTEVENT=EN, the bytes alone otherwise. Never inside a response.
@@ -351,11 +358,24 @@ def start():
     return radio
 
 
+# Down when nothing needs it: not discoverable, no phone. NimBLE's memory, the ring and this
+# module (registry.py releases it once idle) come back; the bonds not yet written go to flash.
+def _stop():
+    global radio
+    r = radio
+    radio = None
+    r._saver.cancel()
+    r._save()
+    r.ble.active(False)
+    r.ble.irq(None)  # the BLE object outlives the radio: it would keep this one
+    if r._task is not asyncio.current_task():
+        r._task.cancel()
+    log.info("bt: down")
+
+
 def state():
     return DISCONNECTED if radio is None else radio.state()
 
 
-# The radio was never started (once up it stays up: registry.py may release this module only
-# before).
 def idle():
     return radio is None

@@ -385,7 +385,7 @@ def one_tls_link(h: Host, w: dict) -> None:
 
 # Every feature of the list, in turn and then all at once, three rounds in one boot.
 # What today's firmware cannot do at HEAP=110k on the measured model (out of memory with five
-# links and two TLS, with everything at once; the BT radio stays up once started) is collected
+# links and two TLS, with everything at once) is collected
 # with AT+ERRNO's reason, everything is stopped and the session goes on; the test then reports
 # the list as an expected failure (xfail). AT+MEMFREE is checked after each round.
 @pytest.mark.slow  # about 5 minutes: make test-slow

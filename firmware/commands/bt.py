@@ -64,7 +64,7 @@ def _discovery_set(p):
         bt.start()
     ctx.settings.set("bt_on", on)
     if bt.radio is not None:
-        bt.radio.advertise(on)
+        bt.radio.advertise(on)  # off: the radio goes down unless a phone is connected
 
 
 def _event():
@@ -91,8 +91,7 @@ def _send(p):
 # Transparent mode both ways, once the OK is out; starts advertising (the spec).
 def _sendraw():
     r = bt.start()
-    if r.conn is None:
-        r.advertise(True)
+    r.advertise(True)  # now, or when the phone connected leaves
     ctx.serial.after_reply(lambda: ctx.serial.enter_transparent(r))
 
 

@@ -58,8 +58,21 @@ async def _manifest(http, path):
     n = await http.get(path)
     if n is not None and n > _MANIFEST_MAX:
         raise Fail("MANIFEST", "too long")
-    data = bytearray()
-    await http.body(data.extend, _MANIFEST_MAX)
+    if n is None:  # chunked: grown as it comes
+        data = bytearray()
+        await http.body(data.extend, _MANIFEST_MAX)
+    else:  # one block of its length, never a copy of a smaller one beside it
+        data = bytearray(n)
+        mv = memoryview(data)
+        at = 0
+
+        def sink(piece):
+            nonlocal at
+            mv[at : at + len(piece)] = piece
+            at += len(piece)
+
+        await http.body(sink, n)
+        data = data if at == n else data[:at]
     try:
         m = json.loads(data)
     except ValueError:

@@ -61,7 +61,7 @@ UART_CTS = 2  # machine.UART.CTS in the "uart" op's flow bits
 UART_RCVBUF = 4096  # the launcher's side of the firmware's UART connection (a small FIFO)
 
 
-STAND_IN_HEAP = 128 * 1024  # extra VM heap for the host/board stand-ins (see start.py)
+STAND_IN_HEAP = 224 * 1024  # extra VM heap for the host/board stand-ins (see start.py)
 # --heap is the ESP32's heap. The VM is 64-bit: pointers, object headers, dict and list slots
 # take twice the bytes they take on the 32-bit ESP32, bytes and bytecode the same. The factor
 # for this firmware's mix is measured against a 32-bit MicroPython VM by
@@ -366,6 +366,7 @@ class Launcher:
                 "EMW_WAKE": wake,
                 "EMW_MPY": str(self.mpy_dir),
                 "EMW_HEAP": str(self.heap),
+                "EMW_HEAP_FACTOR": str(WORD_SCALE_64),
                 "EMW_IMAGE": self.image,
                 "EMW_BT": f"127.0.0.1:{self.bt.fw_port}" if self.bt else "",
                 "EMW_NETMAP": self.netmap(),

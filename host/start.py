@@ -91,9 +91,8 @@ def _ballast(board):
     fill = [None] * _FILLERS
     try:
         budget = bytearray(heap)  # the firmware's, held while everything else is filled
-    except MemoryError:
-        print("start: the stand-ins left less than EMW_HEAP in one piece")
-        return None
+    except MemoryError:  # the model would be wrong: the firmware would get more than EMW_HEAP
+        raise SystemExit("start: the stand-ins left less than EMW_HEAP in one piece")
     n = 0
     for items in (512, 32, 1):  # tuples of 4 KB, 272 B, 24 B: one allocation each
         while n < _FILLERS:
@@ -103,7 +102,32 @@ def _ballast(board):
                 break
             n += 1
     budget = None  # noqa: F841 - given back: the firmware's heap
+    factor = float(os.getenv("EMW_HEAP_FACTOR") or 1)  # VM bytes per chip byte (launcher)
+    fill.append(bytearray(int(_CHIP_NAME_POOLS * factor)))
     return fill
+
+
+# The interned-name pools (py/qstr.c qstr_add: each new pool twice the last one's entries).
+# On the chip the stand-ins' names are in ROM, and the firmware's ~950 others fill pools of
+# 20 to 640 entries: 8.8 KB on 32 bits (7 bytes an entry), the largest block 4.5 KB. Here the
+# stand-ins' 672 names would come first, and the firmware's would then need a pool of 1,280
+# entries, one 14 KB block, that a fragmented heap may not have: every import with a new name
+# would fail, where the chip needs 4.5 KB at most. So before anything else, names that are no
+# identifiers fill the pools until one of 2,560 entries is made, at the bottom of the heap, in
+# the stand-ins' share: it holds the stand-ins' names and the firmware's. The firmware's budget
+# pays the chip's 8.8 KB from boot instead, scaled as the rest of the heap.
+_CHIP_NAME_POOLS = 8800
+
+
+def _grow_name_pool():
+    for i in range(8192):
+        if not i % 32:
+            gc.collect()  # else the lookups' garbage scatters the names' text over the heap
+        before = gc.mem_alloc()
+        getattr(None, "\x01pool{}".format(i), None)  # interned by the lookup
+        if gc.mem_alloc() - before > 20000:  # 2,560 entries: 28 KB on the 64-bit VM
+            return
+    raise SystemExit("start: the interned-name pool did not grow")
 
 
 # The unix port's select.poll keeps the objects that have a file descriptor in an array of
@@ -133,6 +157,7 @@ def _load(name):
 
 
 def main():
+    _grow_name_pool()
     here = __file__.rpartition("/")[0] or "."
     if not here.startswith("/"):
         here = os.getcwd() + "/" + here

@@ -333,14 +333,12 @@ def run(h: Host, phone: Phone | None, n: int, steps: Steps, failed: list[str]) -
             stop_all(h, phone)
 
 
-# The features that fit at HEAP=110k on today's firmware, in turn (one TLS link), three rounds
-# in one boot. Hard assertions: every step works, and rounds 2 and 3 end with AT+MEMFREE where
-# round 1 ended (within 2%): the registry releases the modules of stopped features
-# (firmware/registry.py), so a boot's heap no longer only grows. Within 10% of the value after
-# boot it is not yet (67%): the first use of each feature keeps its interned names for the boot
-# (MicroPython never frees them); that part is reported as an expected failure with the
-# figures. MQTT over TLS is left to test_every_feature_in_one_boot: after links, its import
-# needs the interned-name pool's next block (14 KB on the VM) and finds no hole that large.
+# The features that fit at HEAP=110k, in turn (one TLS link), three rounds in one boot. Hard
+# assertions: every step works, and rounds 2 and 3 end with AT+MEMFREE where round 1 ended
+# (within 2%): the registry releases the modules of stopped features (firmware/registry.py).
+# Within 10% of the value after boot it is not yet (85%): the first use of each group keeps its
+# interned names' text for the boot (MicroPython never frees them); that part is reported as an
+# expected failure with the figures.
 @pytest.mark.timeout(300)
 def test_memory_comes_back(tmp_path: Path, world: dict) -> None:
     failed: list[str] = []
@@ -358,15 +356,12 @@ def test_memory_comes_back(tmp_path: Path, world: dict) -> None:
         ends = []
         for n in range(1, ROUNDS + 1):
             run(h, None, n, steps, failed)
-            if failed:  # a fragmented heap at 110k (issue 14): seen in some runs, not all
-                pytest.xfail("out of memory at HEAP=110k: " + " | ".join(failed))
             ends.append(h.memfree())
         assert m.status()["boots"] == 1
+    assert not failed, failed
     assert all(abs(end - ends[0]) <= ends[0] * 0.02 for end in ends), ends
     if min(ends) < boot_free * 0.9:
-        pytest.xfail(
-            f"AT+MEMFREE {boot_free} after boot, {ends} after each round: first uses keep"
-        )
+        pytest.xfail(f"AT+MEMFREE {boot_free} after boot, {ends} after each round: names kept")
 
 
 def back(h: Host, boot_free: int) -> None:
@@ -384,10 +379,9 @@ def one_tls_link(h: Host, w: dict) -> None:
 
 
 # Every feature of the issue's list, in turn and then all at once, three rounds in one boot.
-# What today's firmware cannot do at HEAP=110k on the measured model (out of memory with five
-# links and two TLS, with everything at once) is collected
-# with AT+ERRNO's reason, everything is stopped and the session goes on; the test then reports
-# the list as an expected failure (xfail). AT+MEMFREE is checked after each round.
+# What today's firmware cannot do at HEAP=110k on the measured model (five links with two TLS,
+# MQTT over TLS, everything at once) is collected with AT+ERRNO's reason, everything is
+# stopped and the session goes on; the test then reports the list as an expected failure.
 @pytest.mark.slow  # about 5 minutes: make test-slow
 @pytest.mark.timeout(900)
 def test_every_feature_in_one_boot(tmp_path: Path, world: dict) -> None:

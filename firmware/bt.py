@@ -273,6 +273,15 @@ class Radio:
             except OSError as e:
                 log.warn("bt: bonds not saved: {!r}".format(e))
 
+    # The bonds not yet written go to flash first; the tasks end (_deliver may be the caller).
+    def power_off(self):
+        self._saver.cancel()
+        self._save()
+        self.ble.active(False)
+        self.ble.irq(None)  # the BLE object outlives the radio: it would keep this one
+        if self._task is not asyncio.current_task():
+            self._task.cancel()
+
     # Write what is in the ring: +BTEVENT:DATA,<len>,<data> events in command mode with
     # BTEVENT=EN, the bytes alone otherwise. Never inside a response.
     async def _flush(self):
@@ -359,17 +368,11 @@ def start():
 
 
 # Down when nothing needs it: not discoverable, no phone. NimBLE's memory, the ring and this
-# module (registry.py releases it once idle) come back; the bonds not yet written go to flash.
+# module (registry.py releases it once idle) come back.
 def _stop():
     global radio
-    r = radio
+    radio.power_off()
     radio = None
-    r._saver.cancel()
-    r._save()
-    r.ble.active(False)
-    r.ble.irq(None)  # the BLE object outlives the radio: it would keep this one
-    if r._task is not asyncio.current_task():
-        r._task.cancel()
     log.info("bt: down")
 
 

@@ -61,7 +61,7 @@ async def _manifest(http, path):
     if n is None:  # chunked: grown as it comes
         data = bytearray()
         await http.body(data.extend, _MANIFEST_MAX)
-    else:  # one block of its length, never a copy of a smaller one beside it
+    else:  # one block of its length (body() ends with exactly n bytes), never two at once
         data = bytearray(n)
         mv = memoryview(data)
         at = 0
@@ -72,7 +72,6 @@ async def _manifest(http, path):
             at += len(piece)
 
         await http.body(sink, n)
-        data = data if at == n else data[:at]
     try:
         m = json.loads(data)
     except ValueError:

@@ -92,13 +92,13 @@ def _restore(st):
         links.start()
 
 
-# A task ended by an exception nobody caught: logged; out of memory also goes to AT+ERRNO.
+# A task ended by an exception nobody caught: logged with its traceback (which task, which
+# allocation); out of memory also goes to AT+ERRNO.
 def _task_failed(loop, context):
     e = context["exception"]
     if isinstance(e, MemoryError):
         ctx.serial.out_of_memory("running a background task")
-    else:
-        log.exc(e, "a background task")
+    log.exc(e, "a background task")
 
 
 # Keep uptime counting past the ticks_ms wrap, and the RTC set: it reads 2000-01-01 after

@@ -303,9 +303,12 @@ class Link:
             else:
                 self._keep_datagram(s.recvfrom(CHUNK)[0])
 
-    # One datagram as an event (the engine calls it with the line free).
+    # One datagram as an event (the engine calls it with the line free); an empty one is
+    # nothing to deliver.
     def _datagram(self):
         data, addr = self.sock.recvfrom(CHUNK)
+        if not data:
+            return None
         if self.type == "udp_broadcast":
             ip, port = ip_port(addr)
             head = "+CIPEVENT:UDP_BROADCAST,{},{},{},{},".format(ip, port, self.id, len(data))

@@ -451,7 +451,7 @@ class Session:
             topic, pid, payload = mqttpkt.publish_parts(first, body)
             qos = first >> 1 & 3
             if qos < 2 or pid not in self._rel:  # a QoS 2 resent before PUBREL came: once
-                self._rx.hold(first, body)
+                self._rx.hold(first)
                 self._held.set()
             if qos == 1:
                 await self._send(mqttpkt.ack, (mqttpkt.PUBACK, pid))
@@ -475,16 +475,15 @@ class Session:
                 )
         # PINGRESP: its arrival is all that counts (_last_rx)
 
-    # Deliverer: the held messages go out as soon as no response is open on the UART, all at
-    # once, so a +MQTTRECV goes out whole, never inside a response.
+    # Deliverer: each held message goes out as soon as no response is open on the UART, so a
+    # +MQTTRECV goes out whole, never inside a response; each one written gives the reader its
+    # room back.
     async def _deliver(self):
-        rx = self._rx
         while True:
             await self._held.wait()
             self._held.clear()
-            await ctx.serial.send(_messages)
-            rx.release()
-            self._freed.set()
+            while await ctx.serial.send(_message):
+                self._freed.set()
 
     # Watchdog: PINGREQ every keepalive/2; the broker is dead after 2 keepalives without a
     # packet; Wi-Fi loss drops the connection (as the board's stack would); ack deadlines.
@@ -590,13 +589,16 @@ class Session:
             self._lost.set()
 
 
-# The held messages as +MQTTRECV lines (serial.send writes them while the line is free), each to
-# the lowest id whose filter matches its topic. Messages are data, not status events: they are
-# always delivered, whatever AT+MQTTEVENT says.
-def _messages():
-    out = []
-    for first, body in _session._rx.held():
-        topic, _, payload = mqttpkt.publish_parts(first, body)
+# The oldest held message as a +MQTTRECV line (serial.send writes it while the line is free),
+# to the lowest id whose filter matches its topic; None when none is held. Messages are data,
+# not status events: they are always delivered, whatever AT+MQTTEVENT says.
+def _message():
+    rx = _session._rx
+    while True:
+        p = rx.take()
+        if p is None:
+            return None
+        topic, _, payload = mqttpkt.publish_parts(p[0], p[1])
         try:
             t = str(topic, "utf-8")
         except UnicodeError:
@@ -604,11 +606,8 @@ def _messages():
         for i in range(SUBS):
             e = sub(i)
             if e and mqttpkt.match(e[0], t):
-                out.append(("+MQTTRECV:{},{},".format(i, len(payload)), payload))
-                break
-        else:
-            log.info("mqtt: message on {!r} matches no subscription".format(t))
-    return out
+                return "+MQTTRECV:{},{},".format(i, len(payload)), payload
+        log.info("mqtt: message on {!r} matches no subscription".format(t))
 
 
 _session = None

@@ -159,42 +159,57 @@ def publish_parts(first, body):
 # take packets with next() until it says None. A packet is (first byte, body) with the body a
 # memoryview valid until the next space(); a packet larger than the buffer is skipped and
 # returned once as (first byte, None). hold() keeps the packet next() just returned in the
-# buffer (reading goes on after it) until release(); held() gives the held packets again.
+# buffer (reading goes on after it) until take() gives it back, oldest first.
+# Held packets cost no Python object each (a flood of small messages must not fill the heap):
+# next() zeroes the first byte of every packet it returns and hold() writes it back, so the
+# held ones are the packets from the oldest held one on whose first byte is not 0 (type 0 is
+# reserved, 2.2.1).
 class Reader:
     def __init__(self, size):
         self._mv = memoryview(bytearray(size))
+        self.clear()
+
+    def clear(self):
         self._start = 0  # first byte not taken yet
         self._end = 0  # end of the bytes received
         self._skip = 0  # bytes of a skipped packet still to come
-        self._held = []  # [first byte, body offset, body length] of each held packet
-
-    def clear(self):
-        self._start = self._end = self._skip = 0
-        self._held = []
+        self._last = 0  # where the packet next() returned last begins
+        self._held = 0  # packets held
+        self._oldest = 0  # where the oldest held packet begins (while _held)
 
     # Where to receive: the free end of the buffer, after moving what is still needed (held
     # packets, unread bytes) to the front. Empty while held packets fill the buffer.
     def space(self):
-        held = self._held
-        s = held[0][1] if held else self._start
+        s = self._oldest if self._held else self._start
         if s:
             n = self._end - s
             self._mv[:n] = self._mv[s : self._end]
             self._start -= s
             self._end = n
-            for h in held:
-                h[1] -= s
+            self._last -= s
+            self._oldest -= s
         return self._mv[self._end :]
 
-    def hold(self, first, body):
-        self._held.append([first, self._start - len(body), len(body)])
+    def hold(self, first):
+        if not self._held:
+            self._oldest = self._last
+        self._held += 1
+        self._mv[self._last] = first
 
-    def held(self):
+    # The oldest held packet as (first byte, body), no longer held; None if none is.
+    def take(self):
+        if not self._held:
+            return None
         mv = self._mv
-        return [(h[0], mv[h[1] : h[1] + h[2]]) for h in self._held]
-
-    def release(self):
-        self._held = []
+        s = self._oldest
+        while True:
+            first = mv[s]
+            n, i = _length(mv, s + 1, self._start)
+            s = i + n
+            if first:
+                self._held -= 1
+                self._oldest = s
+                return first, mv[i:s]
 
     def filled(self, n):
         drop = min(n, self._skip)
@@ -207,20 +222,10 @@ class Reader:
         mv = self._mv
         s = self._start
         e = self._end
-        n = 0
-        shift = 0
-        i = s + 1
-        while True:
-            if i >= e:
-                return None
-            b = mv[i]
-            i += 1
-            n |= (b & 0x7F) << shift
-            if not b & 0x80:
-                break
-            shift += 7
-            if shift > 21:
-                raise ValueError("malformed remaining length")
+        p = _length(mv, s + 1, e)
+        if p is None:
+            return None
+        n, i = p
         first = mv[s]
         if i - s + n > len(mv):
             self._skip = n - (e - i)
@@ -228,8 +233,28 @@ class Reader:
             return first, None
         if e - i < n:
             return None
+        mv[s] = 0
+        self._last = s
         self._start = i + n
         return first, mv[i : i + n]
+
+
+# The remaining length that starts at mv[i] (2.2.3) and where the body begins, or None when
+# its bytes have not all come before `end`.
+def _length(mv, i, end):
+    n = 0
+    shift = 0
+    while True:
+        if i >= end:
+            return None
+        b = mv[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, i
+        shift += 7
+        if shift > 21:
+            raise ValueError("malformed remaining length")
 
 
 # A topic name to publish to: no wildcards, no NUL (4.7.3)

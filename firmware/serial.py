@@ -424,27 +424,21 @@ class Serial:
     # The one way to write an event whose data is read at the last moment (received
     # socket, MQTT and BT data): wait until the line is free (at once in transparent mode
     # for `source`, the transparent sink that produces the data), then call produce(), which
-    # returns None (nothing to write), (header, data), or a list of them (MQTT's held
-    # messages). The engine writes "\r\n<header><data>\r\n", or data alone when header is
-    # None or in transparent mode, with no await between produce() and the write. Returns what
-    # produce() returned.
+    # returns None (nothing to write) or (header, data). The engine writes
+    # "\r\n<header><data>\r\n", or data alone when header is None or in transparent mode, with
+    # no await between produce() and the write. Returns what produce() returned.
     async def send(self, produce, source=None):
         while not (source is not None and self.sink is source):
             if self._free.is_set():
                 break
             await self._free.wait()
         item = produce()
-        if type(item) is list:
-            for one in item:
-                self._send_one(one, source)
-        elif item is not None:
-            self._send_one(item, source)
+        if item is not None:
+            self._write_data(item, source)
         return item
 
-    def _send_one(self, item, source):
+    def _write_data(self, item, source):
         head, data = item
-        if not data:
-            return
         u = self._uart
         if head is None or (source is not None and self.sink is source):
             u.write(data)

@@ -389,6 +389,8 @@ def test_publish_receive_qos_binary(module, broker, tmp_path):
     big = bytes(range(256)) * 16  # 4096 bytes
     publish(broker, "bin", big, 1, tmp_path)
     w.expect(("RECV", 5, big))
+    publish(broker, "bin", b"", 1, tmp_path)  # an empty message is a message too
+    w.expect(("RECV", 5, b""))
 
     # Publish at QoS 0/1/2 with every byte value; mosquitto_sub checks what arrives.
     sub = watch(broker, "out/#", 7)
@@ -478,6 +480,31 @@ def test_traffic_never_splits_responses(module, broker, tmp_path):
     msgs = [e for e in got if isinstance(e, tuple)]
     assert msgs == [("RECV", 1, b"message %d" % k) for k in range(n)]
     assert all(e == "+MQTTEVENT:PUBLISH,SUCCESS" for e in got if not isinstance(e, tuple))
+
+
+def test_a_flood_held_behind_a_busy_line_costs_no_object_each(module, broker):
+    """While a data phase holds the line, 400 small messages pour in: about 200 fill the
+    receive buffer, the rest wait in TCP. Each is delivered afterwards, in order; a Python object
+    per held message would have run out of memory and lost them all (CI, session 16)."""
+    w = ready(module, broker)
+    connect(w)
+    w.ok("AT+MQTTSUB=1,flood,1")
+    w.expect("+MQTTEVENT:1,SUBSCRIBE,SUCCESS")
+    w.ok("AT+MQTTPUB=back,0")
+    n = 400
+    module.write(b"AT+MQTTSEND=5\r12")
+    assert w.item() == ">"
+    subprocess.run(
+        ["mosquitto_pub", *broker.client_args(), "-t", "flood", "-q", "1", "-l"],
+        input=b"".join(b"m %d\n" % k for k in range(n)), check=True, timeout=10,
+    )  # fmt: skip
+    time.sleep(1.5)  # the module reads what its buffer takes (data phase timeout: 5 s)
+    module.write(b"345")
+    assert w.item() == "OK"
+    assert w.event() == "+MQTTEVENT:PUBLISH,SUCCESS"
+    got = [w.event() for _ in range(n)]
+    assert got == [("RECV", 1, b"m %d" % k) for k in range(n)]
+    assert "out of memory" not in module.console()
 
 
 def test_keepalive_holds_idle_session(module, broker, tmp_path):

@@ -114,7 +114,7 @@ def test_decoder_skips_a_packet_larger_than_its_buffer():
 
 def test_decoder_holds_packets_while_reading_on():
     """Held messages stay intact while later packets are read and the buffer is compacted;
-    release() gives their room back."""
+    take() gives them back oldest first, and their room with them."""
     m1 = enc(publish, 1, b"t", b"a" * 20, 1)
     m2 = enc(publish, 2, b"t", b"b" * 20, 1)
     r = p.Reader(64)
@@ -123,18 +123,41 @@ def test_decoder_holds_packets_while_reading_on():
     assert (first, bytes(body)) == (0xD0, b"")
     first, body = r.next()
     assert (first, bytes(body)) == (0x32, m1[2:])
-    r.hold(first, body)
+    r.hold(first)
     assert r.next() is None  # the PUBACK is not whole yet
     assert feed(r, b"\x07") == [(0x40, b"\x00\x07")]  # read past the held message
     fill(r, m2)
     first, body = r.next()
-    r.hold(first, body)
-    assert len(r.space()) == 64 - (len(m1) - 2) - 4 - len(m2)  # held bodies and m2 remain
-    assert [(f, bytes(b)) for f, b in r.held()] == [(0x32, m1[2:]), (0x32, m2[2:])]
-    assert r.held()
-    r.release()
-    assert not r.held()
+    r.hold(first)
+    assert len(r.space()) == 64 - len(m1) - 4 - len(m2)  # held messages and the PUBACK remain
+    first, body = r.take()
+    assert (first, bytes(body)) == (0x32, m1[2:])
+    assert len(r.space()) == 64 - 4 - len(m2)  # from the PUBACK after m1 on
+    first, body = r.take()
+    assert (first, bytes(body)) == (0x32, m2[2:])
+    assert r.take() is None
     assert len(r.space()) == 64
+
+
+def test_decoder_holds_many_messages_in_its_buffer_alone():
+    """A buffer full of small held messages: each is given back intact, in order, with the
+    packets read between them skipped."""
+    r = p.Reader(4096)
+    sent = []
+    k = 0
+    while len(r.space()) > 40:
+        m = enc(publish, k + 1, b"flood", b"message %d" % k, 1)
+        fill(r, m + b"\x40\x02\x00\x01")  # a PUBACK after each
+        first, body = r.next()
+        r.hold(first)
+        sent.append(m[2:])
+        assert r.next()[0] == 0x40
+        k += 1
+    got = []
+    while (x := r.take()) is not None:
+        got.append(bytes(x[1]))
+    assert got == sent
+    assert len(sent) > 100
 
 
 def test_decoder_refuses_a_malformed_length():

@@ -266,10 +266,13 @@ def stop_all(h: Host, phone: Phone | None) -> None:
         with contextlib.suppress(Exception):
             phone.disconnect()
         phone.connection = None
-    for line in ("+++", *(f"AT+CIPSTOP={i}" for i in range(5)), "AT+MQTTCLOSE", "AT+SMARTSTOP",
+    h.m.write(b"+++")  # leaves transparent mode; in command mode, a line of its own:
+    time.sleep(0.3)
+    h.m.write(b"\r")  # ended here (ERROR), not the start of AT+CIPSTOP=0's line
+    for line in (*(f"AT+CIPSTOP={i}" for i in range(5)), "AT+MQTTCLOSE", "AT+SMARTSTOP",
                  "AT+BTDISCOVERY=OFF", "AT+WJAPQ"):  # fmt: skip
         time.sleep(0.3)
-        h.m.write(line.encode() + (b"" if line == "+++" else b"\r"))
+        h.m.write(line.encode() + b"\r")
     time.sleep(1)
     h.seen += h.m.drain(0.5)
     h.mark = len(h.seen)

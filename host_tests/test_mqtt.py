@@ -448,20 +448,32 @@ def test_publish_receive_qos_binary(module, broker, tmp_path):
     w.quiet(0.3)
 
 
-def test_traffic_never_splits_responses(module, broker, tmp_path):
+def flooded(module: Module, broker: Broker) -> Wire:
+    """Connected, subscribed to "flood" as id 1 at QoS 1, publishing to "back"."""
     w = ready(module, broker)
     connect(w)
     w.ok("AT+MQTTSUB=1,flood,1")
     w.expect("+MQTTEVENT:1,SUBSCRIBE,SUCCESS")
     w.ok("AT+MQTTPUB=back,0")
-    n = 60
+    return w
+
+
+def pour(broker: Broker, lines: list[bytes]) -> subprocess.Popen:
+    """mosquitto_pub sending each line to "flood" at QoS 1, as fast as the broker takes them."""
     feed = subprocess.Popen(
         ["mosquitto_pub", *broker.client_args(), "-t", "flood", "-q", "1", "-l"],
         stdin=subprocess.PIPE,
     )
     assert feed.stdin is not None
-    feed.stdin.write(b"".join(b"message %d\n" % k for k in range(n)))
+    feed.stdin.write(b"".join(x + b"\n" for x in lines))
     feed.stdin.close()
+    return feed
+
+
+def test_traffic_never_splits_responses(module, broker, tmp_path):
+    w = flooded(module, broker)
+    n = 60
+    feed = pour(broker, [b"message %d" % k for k in range(n)])
     got = []
     for k in range(12):  # queries and slow data phases while messages pour in
         r = w.send("AT+MQTTSUB=?")
@@ -486,18 +498,11 @@ def test_a_flood_held_behind_a_busy_line_costs_no_object_each(module, broker):
     """While a data phase holds the line, 400 small messages pour in: about 200 fill the
     receive buffer, the rest wait in TCP. Each is delivered afterwards, in order; a Python object
     per held message would have run out of memory and lost them all (CI, session 16)."""
-    w = ready(module, broker)
-    connect(w)
-    w.ok("AT+MQTTSUB=1,flood,1")
-    w.expect("+MQTTEVENT:1,SUBSCRIBE,SUCCESS")
-    w.ok("AT+MQTTPUB=back,0")
+    w = flooded(module, broker)
     n = 400
     module.write(b"AT+MQTTSEND=5\r12")
     assert w.item() == ">"
-    subprocess.run(
-        ["mosquitto_pub", *broker.client_args(), "-t", "flood", "-q", "1", "-l"],
-        input=b"".join(b"m %d\n" % k for k in range(n)), check=True, timeout=10,
-    )  # fmt: skip
+    assert pour(broker, [b"m %d" % k for k in range(n)]).wait(10) == 0
     time.sleep(1.5)  # the module reads what its buffer takes (data phase timeout: 5 s)
     module.write(b"345")
     assert w.item() == "OK"

@@ -20,6 +20,7 @@ CLOSE = "close"
 
 CHUNK = const(1024)  # largest +CIPEVENT:SOCKET payload
 PULL_MAX = const(2048)  # bytes buffered per peer in pull mode (AT+CIPRECVCFG=0)
+_PULL_MIN = const(256)
 _CLIENTS_MAX = const(5)  # clients of one tcp_server
 _CONNECT_MS = const(10000)
 _TLS_TIMEOUT_S = const(5)
@@ -56,7 +57,8 @@ class Peer:
         n = min(n, self.n)
         out = bytes(self.buf[:n]) if n else b""
         if n:
-            self.buf[: self.n - n] = self.buf[n : self.n]
+            mv = memoryview(self.buf)
+            mv[: self.n - n] = mv[n : self.n]
             self.n -= n
             self.room.set()
         return out
@@ -269,14 +271,31 @@ class Link:
 
     async def _pull(self, peer):
         if peer.buf is None:
-            peer.buf = bytearray(PULL_MAX)
-        while peer.n == PULL_MAX:  # full: stop reading, so TCP pushes back on the sender
+            peer.buf = self._pull_buffer()
+        while peer.n == len(peer.buf):  # full: stop reading, so TCP pushes back on the sender
             peer.room.clear()
             await peer.room.wait()
         n = peer.sock.readinto(memoryview(peer.buf)[peer.n :])
         if n:
             peer.n += n
         return n
+
+    # A pull buffer of PULL_MAX bytes or, in a heap fragmented past that, the largest half of
+    # it found (down to _PULL_MIN): a smaller buffer only slows the link, TCP holds the rest back
+    # in the sender, where a MemoryError would have dropped the link.
+    def _pull_buffer(self):
+        size = PULL_MAX
+        while True:
+            try:
+                buf = bytearray(size)
+                break
+            except MemoryError:
+                if size == _PULL_MIN:
+                    raise
+                size >>= 1
+        if size < PULL_MAX:
+            log.warn("link {}: pull buffer of {} bytes (heap fragmented)".format(self.id, size))
+        return buf
 
     def _bind_udp(self):
         self.addr = _resolve(self.host, self.rport)  # blocking: DNS
@@ -319,8 +338,8 @@ class Link:
     def _keep_datagram(self, data):
         p = self.udp
         if p.buf is None:
-            p.buf = bytearray(PULL_MAX)
-        if p.n + len(data) > PULL_MAX:
+            p.buf = self._pull_buffer()
+        if p.n + len(data) > len(p.buf):
             self.drops += 1
             return
         p.buf[p.n : p.n + len(data)] = data

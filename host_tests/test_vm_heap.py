@@ -1,7 +1,11 @@
-"""Layer 2: MicroPython-VM scripts (host_tests/vm/test_engine_heap.py) run on the pinned VM."""
+"""Layer 2: MicroPython-VM scripts (host_tests/vm/) on the pinned VM: the heap's cases."""
 
 from host_tests.module import run_vm_script
 
 
 def test_output_paths_allocate_nothing(mpy):
     run_vm_script(mpy, "host_tests/vm/test_engine_heap.py", "176k", "host_tests/vm")
+
+
+def test_a_fragmented_heap_gives_a_smaller_pull_buffer(mpy):
+    run_vm_script(mpy, "host_tests/vm/test_pull_buffer.py", "256k", "host/board")

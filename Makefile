@@ -52,6 +52,7 @@ test-slow: $(STAMP) deps
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 build: $(MPY) build/board/boot.py build/board/main.py
 

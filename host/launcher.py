@@ -515,6 +515,7 @@ class Launcher:
             mark.unlink(missing_ok=True)
             self.cts_free.set()
         return held
+
     def drop_pty(self, n: int) -> None:
         if not self.pty_dropping:
             self.pty_dropping = True

@@ -22,7 +22,8 @@ from firmware.at import AtError
 from firmware.commands.system import action, refuse_if_hidden, setter, value
 
 _CTRL_Z = b"\x1a"
-_PRIVATE_KEY = 2  # the spec's certificate types: 0 root, 1 client certificate, 2 private key, 3 CRL
+# The spec's certificate types: 0 root, 1 client certificate, 2 private key, 3 CRL.
+_PRIVATE_KEY = 2
 _HOST_MAX = 253
 CERT_MAX = const(16384)  # a certificate chain or key: a real CA chain is 6.5 KB and more
 

@@ -385,7 +385,10 @@ def main() -> int:
           f"{'p99 ms':>9}{'p50/base':>10}")  # fmt: skip
     for name, qos, p50, p99, ratio in lat:
         print(f"{name:<34}{qos:>4}{p50:>9.3f}{p99:>9.3f}{ratio:>10.2f}")
-    return 0 if all(r[4] == r[5] for r in rates) else 1
+    # The module's publishes must all arrive; a baseline that lost some (mosquitto_pub at QoS 0
+    # under load) shows that in its row and fails nothing.
+    mine = [r for r in rates if not r[0].endswith("(baseline)")]
+    return 0 if all(got == n for _, _, _, _, got, n, *_ in mine) else 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 # Also: non-blocking socket reads and writes, and task(), the command groups' create_task.
 import asyncio
 import errno
+import socket
 import time
 from asyncio import core
 
@@ -21,6 +22,35 @@ async def readable(s):
 
 async def writable(s):
     yield core._io_queue.queue_write(s)
+
+
+# A non-blocking TCP socket listening on host:port; OSError (the socket closed) if it cannot.
+def listen(host, port, backlog):
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(socket.getaddrinfo(host, port)[0][-1])
+        s.listen(backlog)
+    except OSError:
+        s.close()
+        raise
+    s.setblocking(False)
+    return s
+
+
+# The next connection to a listening socket, as a non-blocking socket: (socket, address). A
+# connection reset before it was taken (lwIP: ECONNABORTED) is skipped.
+async def accept(s):
+    while True:
+        await readable(s)
+        try:
+            c, addr = s.accept()
+        except OSError as e:
+            if e.args[0] not in BUSY and e.args[0] != errno.ECONNABORTED:
+                raise
+            continue
+        c.setblocking(False)
+        return c, addr
 
 
 # Write every byte to a non-blocking socket, TLS included (whose writes may need the handshake

@@ -211,12 +211,7 @@ class Link:
         return t
 
     def _listen(self):
-        s = socket.socket()
-        self.sock = s
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(socket.getaddrinfo("0.0.0.0", self.lport)[0][-1])
-        s.listen(_CLIENTS_MAX)
-        s.setblocking(False)
+        self.sock = aio.listen("0.0.0.0", self.lport, _CLIENTS_MAX)
 
     async def _serve(self):
         if self.sock is None:
@@ -224,13 +219,11 @@ class Link:
         s = self.sock
         self.state = CONNECTED
         while True:
-            await aio.readable(s)
-            c, addr = s.accept()
+            c, addr = await aio.accept(s)
             ip, port = ip_port(addr)
             if len(self.peers) >= _CLIENTS_MAX:
                 c.close()
                 continue
-            c.setblocking(False)
             peer = Peer(c, ip, port)
             self.peers.append(peer)
             events.emit("CIPEVENT", "CLIENT,CONNECTED,{},{}".format(ip, port))

@@ -52,6 +52,7 @@ _HEADERS = const(32)
 _READ_MS = const(10000)  # the whole request must be in within this
 _WRITE_MS = const(10000)  # the answer must be out within this
 _SLOTS = const(2)  # connections served at a time
+_BACKLOG = const(2)  # connections the stack holds until they are taken
 _JOIN_MS = const(25000)  # wifi gives up an attempt after 20 s
 _RESCAN_MS = const(15000)
 _STOP_MS = const(1500)  # after success: time for the answer to reach the phone
@@ -194,7 +195,7 @@ class _Slot:
 class Server:
     def __init__(self):
         self.slots = [_Slot() for _ in range(_SLOTS)]
-        self.srv = None  # the asyncio server
+        self.srv = None  # the listening socket
         self.nets = []  # (ssid, rssi, authmode) of the last scan, strongest first
         self.scanned = None  # ticks of the last scan
         self.joining = False
@@ -204,25 +205,30 @@ class Server:
 
     # ----- connections
 
-    async def client(self, reader, writer):
+    async def _accept(self):
+        while True:
+            c, _ = await aio.accept(self.srv)
+            aio.task(self.client(c))
+
+    async def client(self, sock):
         me = asyncio.current_task()
         slot = self._take(me)
         try:
             if slot is None:
                 return  # every slot is answering a request: this one is closed at once
             try:
-                req = await asyncio.wait_for_ms(aio.task(self._request(reader, slot)), _READ_MS)
+                req = await asyncio.wait_for_ms(aio.task(self._request(sock, slot)), _READ_MS)
             except asyncio.TimeoutError:
                 raise _Bad(408)
             slot.reading = False
             status, ctype, body = await self._answer(*req)
-            await asyncio.wait_for_ms(aio.task(self._send(writer, status, ctype, body)), _WRITE_MS)
+            await asyncio.wait_for_ms(aio.task(self._send(sock, status, ctype, body)), _WRITE_MS)
         except _Bad as e:
             code = e.args[0]
             if code:
                 try:
                     msg = _REASONS[code]
-                    sending = aio.task(self._send(writer, code, "text/plain", msg))
+                    sending = aio.task(self._send(sock, code, "text/plain", msg))
                     await asyncio.wait_for_ms(sending, 2000)
                 except Exception:
                     pass  # the client has gone or does not read: closed below
@@ -231,7 +237,7 @@ class Server:
         finally:
             if slot is not None and slot.task is me:
                 slot.task = None
-            await writer.wait_closed()  # closes the socket (close() alone does not), no yield
+            sock.close()
 
     # A free slot, or the one of the oldest connection still sending its request.
     def _take(self, task):
@@ -253,7 +259,7 @@ class Server:
         return pick
 
     # One line of the request, without its CR LF, as bytes.
-    async def _line(self, reader, slot):
+    async def _line(self, sock, slot):
         buf = slot.buf
         while True:
             j = buf.find(b"\n", slot.i, slot.n)
@@ -261,25 +267,25 @@ class Server:
                 line = bytes(slot.mv[slot.i : j])
                 slot.i = j + 1
                 return line[:-1] if line[-1:] == b"\r" else line
-            await self._more(reader, slot)
+            await self._more(sock, slot)
 
     # Read more into the slot's buffer, moving the unread bytes to its start first.
-    async def _more(self, reader, slot):
+    async def _more(self, sock, slot):
         if slot.i:
             rest = slot.n - slot.i
             slot.mv[:rest] = bytes(slot.mv[slot.i : slot.n])
             slot.i, slot.n = 0, rest
         if slot.n == _LINE:
             raise _Bad(431)
-        k = await reader.readinto(slot.mv[slot.n :])
+        k = await aio.read_some(sock, slot.mv[slot.n :])
         if not k:
             raise _Bad(0)  # the peer closed before its request was complete
         slot.n += k
 
     # (method, path, query, content type, body) of the request.
-    async def _request(self, reader, slot):
+    async def _request(self, sock, slot):
         try:
-            line = await self._line(reader, slot)
+            line = await self._line(sock, slot)
         except _Bad as e:
             raise _Bad(414 if e.args[0] == 431 else e.args[0])
         parts = line.split(b" ")
@@ -288,7 +294,7 @@ class Server:
         length = 0
         ctype = b""
         for _ in range(_HEADERS + 1):
-            h = await self._line(reader, slot)
+            h = await self._line(sock, slot)
             if not h:
                 break
             k, sep, v = h.partition(b":")
@@ -309,16 +315,16 @@ class Server:
         if length > _LINE:
             raise _Bad(413)
         while slot.n - slot.i < length:
-            await self._more(reader, slot)
+            await self._more(sock, slot)
         body = bytes(slot.mv[slot.i : slot.i + length])
         path, _, query = parts[1].partition(b"?")
         return parts[0], path, query, ctype, body
 
     # body: text, or pieces of text (a generator: sent one by one, the end of the body is
     # the end of the connection, so the whole never needs to be in RAM at once).
-    async def _send(self, writer, status, ctype, body):
+    async def _send(self, sock, status, ctype, body):
         whole = isinstance(body, str)
-        writer.write(
+        head = (
             "HTTP/1.1 {} {}\r\nContent-Type: {}; charset=utf-8\r\n{}"
             "Cache-Control: no-store\r\nConnection: close\r\n\r\n".format(
                 status,
@@ -327,9 +333,9 @@ class Server:
                 "Content-Length: {}\r\n".format(len(body.encode())) if whole else "",
             )
         )
+        await aio.write_all(sock, head)
         for piece in (body,) if whole else body:
-            writer.write(piece)
-            await writer.drain()
+            await aio.write_all(sock, piece)
 
     # ----- what the server says
 
@@ -469,9 +475,8 @@ class Server:
                 st.quit(announce=False)  # no retries with a key that failed
                 ctx.settings.update(old)
 
+    # Every task cancelled (the accept task leaves the poller), then the socket closed.
     def close(self):
-        if self.srv is not None:
-            self.srv.close()
         for s in self.slots:
             if s.task is not None:
                 s.task.cancel()
@@ -480,10 +485,11 @@ class Server:
         for t in self.tasks:
             if t is not me:
                 t.cancel()
+        if self.srv is not None:
+            self.srv.close()
 
 
 _server = None  # the running Server, None when provisioning is off
-_closing = None  # the asyncio server of the last run, until its socket is closed
 
 
 def running():
@@ -497,16 +503,10 @@ def idle():
 
 # Open the set-up AP and its web server (AT+SMARTSTART=5). Raises at.AtError when the
 # server cannot listen; nothing is left running then.
-async def start():
-    global _server, _closing
+def start():
+    global _server
     if _server is not None:
         return
-    if _closing is not None:  # the previous run's listening socket closes on its next turn
-        old, _closing = _closing, None
-        try:
-            await old.wait_closed()
-        except Exception:
-            pass
     s = Server()
     addr, port = ctx.settings["prov_http"]
     ap = wifi.softap.wlan
@@ -520,7 +520,7 @@ async def start():
     if addr == "AP":
         addr = ap.ifconfig()[0]
     try:
-        s.srv = await asyncio.start_server(s.client, addr, port, backlog=2)
+        s.srv = aio.listen(addr, port, _BACKLOG)
     except OSError as e:
         _restore_ap(False)
         raise at.AtError(at.E_FAIL, "web server on {}:{}: {}".format(addr, port, e))
@@ -530,6 +530,7 @@ async def start():
         s.resume = ctx.settings["sta_on"] and bool(ctx.settings["sta"][0])
         st.quit(announce=False)
     _server = s
+    s.tasks.append(aio.task(s._accept()))
     s.tasks.append(aio.task(_first_scan(s)))
 
 
@@ -546,12 +547,11 @@ async def _stop_later():
 # End provisioning (AT+SMARTSTOP, or after success): the server closes, the soft AP goes
 # back to what the host set (or down), a station stopped at start tries again.
 def stop():
-    global _server, _closing
+    global _server
     s = _server
     if s is None:
         return
     _server = None
-    _closing = s.srv
     s.close()
     _restore_ap(True)
     if s.resume and not s.done:

@@ -16,7 +16,7 @@ def _start_query():
     return "+SMARTSTART:{}".format(_SOFTAP if provision.running() else 0)
 
 
-async def _start_set(p):
+def _start_set(p):
     at.count(p, 1)
     kind = at.integer(p, 0, 1, 5)
     if kind != _SOFTAP:
@@ -25,7 +25,7 @@ async def _start_set(p):
             "type {} needs promiscuous mode, which MicroPython's network module does not "
             "expose; use 5 (SoftAP)".format(kind),
         )
-    await provision.start()
+    provision.start()
 
 
 # AT+SMARTSTOP=<type> (the spec) or AT+SMARTSTOP: ends provisioning; OK when none runs.

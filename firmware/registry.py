@@ -148,23 +148,21 @@ def listing():
     return ["+CMD:AT{}{},{}".format("+" if n else "", n, f) for n, _, f in entries()]
 
 
-_rows = {}  # name -> (test, query, set, bare) handlers, of the command modules loaded
 _loaded = {}  # group -> the modules its imports brought in, until the group is released
 
 
+# The (test, query, set, bare) handlers of a command: its row in its group's COMMANDS, the
+# group loaded first if it is not. None for an unknown name.
 def get(name):
-    row = _rows.get(name)
-    if row is None:
-        found = entry(name)
-        if found is None:
-            return None
-        load(found[0])
-        row = _rows[name]
-    return row
+    found = entry(name)
+    if found is None:
+        return None
+    return load(found[0]).COMMANDS[name]
 
 
 # Import a group's command module unless it is loaded (its feature modules may be already:
 # they stay while the feature runs). System first: every group imports its row helpers.
+# Returns the command module.
 def load(group):
     if group != "system" and "system" not in _loaded:
         load("system")
@@ -174,7 +172,7 @@ def load(group):
         release()
         module = use(group, name)
         gc.collect()  # the import's garbage: what the command keeps then fills its holes
-    _rows.update(module.COMMANDS)
+    return module
 
 
 # Import a module for a group and count what the import brought in as the group's, released
@@ -204,22 +202,16 @@ def release():
         gc.collect()
 
 
-# One group's part of release(), True if it dropped modules. A function of its own: the GC is
-# conservative, and a stale slot of the caller's frame (a loop over COMMANDS) would keep a
-# dropped module alive through the gc.collect() above; this frame is freed when it returns.
+# One group's part of release(), True if it dropped modules.
 def _release(group):
     name = "firmware.commands." + group
-    module = sys.modules.get(name)
     if idle(group):
         names = _loaded.pop(group)
-    elif module is None:
+    elif name not in sys.modules:
         return False  # running, its command module gone already
     else:
         names = [name]
         _loaded[group] = [n for n in _loaded[group] if n != name]
-    if module is not None:
-        for cmd in module.COMMANDS:
-            _rows.pop(cmd, None)
     _drop(names)
     return True
 

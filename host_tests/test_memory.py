@@ -340,8 +340,8 @@ def run(h: Host, phone: Phone | None, n: int, steps: Steps, failed: list[str]) -
 # The features that fit at HEAP=110k, in turn (one TLS link), three rounds in one boot. Hard
 # assertions: every step works, and rounds 2 and 3 end with AT+MEMFREE where round 1 ended
 # (within 2%): the registry releases the modules of stopped features (firmware/registry.py).
-# Within 10% of the value after boot it is not yet (89%): the first round keeps 6.5k VM bytes for
-# the boot, its groups' interned names' text (MicroPython never frees them, ~3.9k) and ~2.6k more
+# Within 10% of the value after boot it is not yet (89%): the first round keeps 6.4k VM bytes for
+# the boot, its groups' interned names' text (MicroPython never frees them, ~3.9k) and ~2.5k more
 # (README, Memory); that part is reported as an expected failure with the figures.
 @pytest.mark.timeout(300)
 def test_memory_comes_back(tmp_path: Path, world: dict) -> None:

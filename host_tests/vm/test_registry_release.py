@@ -31,19 +31,19 @@ task = mqtt._auto
 assert not registry.idle("mqtt")
 sys.modules[CMDS].copy = 1  # marks this copy of the command module
 
-# AT+MEMFREE (or another group's load): the command module goes, with its rows; nothing kept
+# AT+MEMFREE (or another group's load): the command module goes, rows and all; nothing kept
 # it alive, so its memory comes back (7.6 KB on the 64-bit VM).
 before = free()
 registry.release()
 freed = free() - before
-assert CMDS not in sys.modules and "MQTTSTART" not in registry._rows
+assert CMDS not in sys.modules
 assert sys.modules["firmware.mqtt"] is mqtt and mqtt._auto is task
 assert "firmware.mqtt" in registry._loaded["mqtt"] and CMDS not in registry._loaded["mqtt"]
 assert freed > 4000, freed
 
 # The group's next command imports a fresh copy; the feature module is not imported again.
 before = free()
-assert registry.get("MQTTCLOSE") is registry._rows["MQTTCLOSE"]
+assert registry.get("MQTTCLOSE") is sys.modules[CMDS].COMMANDS["MQTTCLOSE"]
 assert not hasattr(sys.modules[CMDS], "copy")
 assert sys.modules["firmware.mqtt"] is mqtt and mqtt._auto is task
 assert CMDS in registry._loaded["mqtt"]
@@ -62,7 +62,7 @@ registry.release()
 assert "mqtt" not in registry._loaded and "sntp" not in registry._loaded
 for name in ("firmware.mqtt", "firmware.mqttpkt", "firmware.sntp", "firmware.commands.sntp"):
     assert name not in sys.modules, name
-assert "firmware.commands.system" in sys.modules and "FWVER" in registry._rows
+assert "firmware.commands.system" in sys.modules and registry.get("FWVER") is not None
 
 # Every group with a feature: while it runs (idle() made False here), only its command module
 # goes, the memory comes back, and its next command imports it again.
@@ -77,7 +77,7 @@ for group, command in (("tcpip", "CIPSTART"), ("bt", "BTSTATE"), ("provision", "
     registry.release()
     freed = free() - before
     name = "firmware.commands." + group
-    assert name not in sys.modules and command not in registry._rows, group
+    assert name not in sys.modules, group
     assert sys.modules[registry._IDLE[group]] is owner, group
     assert freed > 1500, (group, freed)
     registry.get(command)

@@ -55,12 +55,13 @@ class Peer:
     # AT+CIPRECV: up to n buffered bytes, removed from the buffer.
     def take(self, n):
         n = min(n, self.n)
-        out = bytes(self.buf[:n]) if n else b""
-        if n:
-            mv = memoryview(self.buf)
-            mv[: self.n - n] = mv[n : self.n]
-            self.n -= n
-            self.room.set()
+        if not n:
+            return b""
+        mv = memoryview(self.buf)
+        out = bytes(mv[:n])
+        mv[: self.n - n] = mv[n : self.n]
+        self.n -= n
+        self.room.set()
         return out
 
 

@@ -10,6 +10,10 @@
 import asyncio
 import gc
 
+# asyncio's frozen funcs module loads on first use (asyncio/__init__.py): here, with the engine,
+# not at a timed read in a heap that another feature has filled.
+from asyncio import wait_for_ms
+
 from micropython import const
 
 from firmware import at, log
@@ -119,7 +123,7 @@ class Serial:
             timeout = 0
         try:
             if timeout:
-                await asyncio.wait_for_ms(readable(self._uart), timeout)
+                await wait_for_ms(readable(self._uart), timeout)
             else:
                 await readable(self._uart)
         except asyncio.TimeoutError:

@@ -167,10 +167,15 @@ def main():
         state = os.getcwd() + "/" + state
     # Stand-ins first, so they shadow (or extend) the unix port's built-ins and frozen modules.
     # Each folder's .mpy copy (EMW_MPY, compiled by the launcher) comes before its source.
-    path = [here + "/board", root, root + "/lib"]
+    # A module's path is an interned name, kept for the boot (py/builtinimport.c: __file__):
+    # on the board the factory tree is "firmware/...", relative to the flash's root. The
+    # firmware's tree is mounted at /fw, so that its names cost what the board's do (4 bytes
+    # more each), wherever the repository is (a checkout's path added ~30 bytes a module).
     mpy = os.getenv("EMW_MPY")
+    vfs.mount(vfs.VfsPosix(mpy + "/root" if mpy else root), "/fw")
+    path = [here + "/board", "/fw", "/fw/lib"]
     if mpy:
-        path = [mpy + "/board", path[0], mpy + "/root", root, mpy + "/root/lib", path[2]]
+        path = [mpy + "/board", path[0], "/fw", root, "/fw/lib", root + "/lib"]
     path.append(".frozen")
     sys.path[:] = path
     # The ESP32's errno (newlib values); the unix port's built-in cannot be shadowed by a file.

@@ -9,6 +9,10 @@ import micropython
 sys.path.insert(0, sys.argv[1])  # the repo root
 from firmware import serial
 
+# The engine's timed reads need asyncio.funcs (frozen, loaded on first use): it comes with the
+# engine, so a partial line in a full heap does not have to import it.
+assert "asyncio.funcs" in sys.modules
+
 
 class Uart(io.IOBase):
     def __init__(self):

@@ -202,42 +202,41 @@ def release():
         gc.collect()
 
 
-# One group's part of release(), True if it dropped modules.
+# One group's part of release(), True if it dropped modules. The group's list is updated once
+# its modules are gone: a MemoryError leaves it listing what is still loaded.
 def _release(group):
     name = "firmware.commands." + group
     if idle(group):
-        names = _loaded.pop(group)
+        _drop(_loaded[group])
+        del _loaded[group]
     elif name not in sys.modules:
         return False  # running, its command module gone already
     else:
-        names = [name]
+        _drop((name,))
         _loaded[group] = [n for n in _loaded[group] if n != name]
-    _drop(names)
     return True
 
 
 # Remove modules from sys.modules and from their packages, except those a module that stays
-# still refers to (a group loaded later may share one: it then goes with that group).
+# still refers to (a group loaded later may share one: it then goes with that group). All that
+# needs memory comes before the first removal: a MemoryError (AT+MEMFREE in a full heap) leaves
+# every module in place, never one removed that another still uses (its next import would make
+# a second copy, with state of its own).
 def _drop(names):
-    gone = {}
-    for name in names:
-        module = sys.modules.pop(name, None)
-        if module is not None:
-            gone[name] = module
-            package, _, attr = name.rpartition(".")
-            if package in sys.modules:
-                sys.modules[package].__dict__.pop(attr, None)
     kept = set()
-    for module in sys.modules.values():
-        for value in module.__dict__.values():
-            if type(value) is type(sys):
-                kept.add(value)
-    for name, module in gone.items():
-        if module in kept:
-            sys.modules[name] = module
-            package, _, attr = name.rpartition(".")
-            if package in sys.modules:
-                sys.modules[package].__dict__[attr] = module
+    for name, module in sys.modules.items():
+        # A package's attributes are its submodules, set by the import: no use of them.
+        if name not in names and not hasattr(module, "__path__"):
+            for value in module.__dict__.values():
+                if type(value) is type(sys):
+                    kept.add(value)
+    gone = [(name, name.rpartition(".")) for name in names if sys.modules.get(name) not in kept]
+    for name in names:
+        if name in sys.modules and sys.modules[name] in kept:
             for group, owned in _loaded.items():  # whichever goes last takes it along
                 if group != "system" and name not in owned:
                     owned.append(name)
+    for name, (package, _, attr) in gone:
+        sys.modules.pop(name, None)
+        if package in sys.modules:
+            sys.modules[package].__dict__.pop(attr, None)

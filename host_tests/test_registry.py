@@ -68,3 +68,7 @@ def test_command_list_on_the_module():
 
 def test_release_keeps_running_features(mpy):
     run_vm_script(mpy, "host_tests/vm/test_registry_release.py", "256k", "host/board")
+
+
+def test_a_release_in_a_full_heap_leaves_the_modules_consistent(mpy):
+    run_vm_script(mpy, "host_tests/vm/test_release_oom.py", "1m", "host/board")

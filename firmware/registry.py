@@ -230,12 +230,14 @@ def _drop(names):
             for value in module.__dict__.values():
                 if type(value) is type(sys):
                     kept.add(value)
-    gone = [(name, name.rpartition(".")) for name in names if sys.modules.get(name) not in kept]
+    gone = []
     for name in names:
-        if name in sys.modules and sys.modules[name] in kept:
-            for group, owned in _loaded.items():  # whichever goes last takes it along
-                if group != "system" and name not in owned:
-                    owned.append(name)
+        if sys.modules.get(name) not in kept:
+            gone.append((name, name.rpartition(".")))
+            continue
+        for group, owned in _loaded.items():  # whichever goes last takes it along
+            if group != "system" and name not in owned:
+                owned.append(name)
     for name, (package, _, attr) in gone:
         sys.modules.pop(name, None)
         if package in sys.modules:

@@ -269,7 +269,7 @@ class Radio:
             self._dirty = False
             rows = [[t, _b64(k), _b64(v)] for t, k, v in self._secrets]
             try:
-                settings.write_file(_SECRETS, json.dumps(rows))
+                settings.write_file(_SECRETS, rows)
             except OSError as e:
                 log.warn("bt: bonds not saved: {!r}".format(e))
 

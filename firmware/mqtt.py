@@ -15,6 +15,7 @@
 # Blocking spot: DNS (getaddrinfo), once per session and host; instant for an IP address.
 import asyncio
 import errno
+import gc
 import socket
 import time
 
@@ -148,8 +149,9 @@ class Session:
                 return
             self._task.cancel()  # waiting for Wi-Fi or in back-off: try at once instead
         if self._tx is None:  # all or none (MemoryError)
-            tx = bytearray(_TX)
+            gc.collect()  # the commands' garbage goes first: the buffers take the lowest runs
             rx = mqttpkt.Reader(_RX)
+            tx = bytearray(_TX)
             self._tx, self._rx, self._lock = tx, rx, asyncio.Lock()
         self._addr = None
         ctx.mqtt_error = ""

@@ -54,20 +54,24 @@ class Settings:
             self._flash["flashlock"] = True
             self._write(self._flash)
         elif not self._live["flashlock"]:
-            self._flash = dict(self._live)
+            self._flash.update(self._live)  # in place: same keys, no new table
             self._write(self._flash)
 
     def _write(self, values):
-        write_file(_FILE, json.dumps(values))
+        write_file(_FILE, values)
 
 
 # Temporary file, then rename: a power cut leaves either the old or the new file. Creates the
-# folders on the way.
+# folders on the way. data: text or bytes, or a value written as JSON straight into the file
+# (no copy of its text in RAM: a block that size may not be free in a fragmented heap).
 def write_file(path, data):
     mkdirs(path)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(data)
+        if isinstance(data, (str, bytes)):
+            f.write(data)
+        else:
+            json.dump(data, f)
     os.rename(tmp, path)
 
 

@@ -29,6 +29,10 @@ import socket
 import struct
 import sys
 
+# Loaded with the stand-ins, in their share of the heap, not by the first AT+BTDISCOVERY in the
+# firmware's: on the board, NimBLE's transport is C.
+from asyncio import StreamReader
+
 import machine
 
 _ACTIVE = const(1)
@@ -229,7 +233,7 @@ class BLE:
         return self._replies.pop(reply)
 
     async def _pump(self):
-        s = asyncio.StreamReader(self._sock)
+        s = StreamReader(self._sock)
         buf = bytearray(1024)
         try:
             while True:

@@ -1,7 +1,8 @@
 # Wait until a stream (socket, UART) can be read or written, as asyncio's own Stream does
 # inside; there is no public form. Nothing is read or written, so a wait that is cancelled or
 # times out loses no data (unlike wait_for around a read, which can drop what it read).
-# Also: non-blocking socket reads and writes, and task(), the command groups' create_task.
+# Also: non-blocking socket reads and writes, buffers for them, and task(), the command groups'
+# create_task.
 import asyncio
 import errno
 import socket
@@ -14,6 +15,18 @@ from micropython import const
 # busy codes while lwIP or a TLS handshake is in progress, as mqtt_as found).
 BUSY = (errno.EAGAIN, errno.EINPROGRESS, errno.ETIMEDOUT, 118, 119)
 _SPIN_MS = const(5)  # poll period while a socket takes nothing
+
+
+# A bytearray of `size` bytes or, in a heap fragmented past that, the largest half of it found,
+# down to `least` (MemoryError below that): a stream's buffer, where a smaller one beats none.
+def buffer(size, least):
+    while True:
+        try:
+            return bytearray(size)
+        except MemoryError:
+            size >>= 1
+            if size < least:
+                raise
 
 
 async def readable(s):

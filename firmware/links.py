@@ -280,21 +280,15 @@ class Link:
             peer.n += n
         return n
 
-    # A pull buffer of PULL_MAX bytes or, in a heap fragmented past that, the largest half of
-    # it found (down to _PULL_MIN): a smaller buffer only slows the link, TCP holds the rest back
-    # in the sender, where a MemoryError would have dropped the link.
+    # A pull buffer of PULL_MAX bytes or, in a heap fragmented past that, a smaller one (down to
+    # _PULL_MIN): it only slows the link, TCP holds the rest back in the sender, where a
+    # MemoryError would have dropped the link.
     def _pull_buffer(self):
-        size = PULL_MAX
-        while True:
-            try:
-                buf = bytearray(size)
-                break
-            except MemoryError:
-                if size == _PULL_MIN:
-                    raise
-                size >>= 1
-        if size < PULL_MAX:
-            log.warn("link {}: pull buffer of {} bytes (heap fragmented)".format(self.id, size))
+        buf = aio.buffer(PULL_MAX, _PULL_MIN)
+        if len(buf) < PULL_MAX:
+            log.warn(
+                "link {}: pull buffer of {} bytes (heap fragmented)".format(self.id, len(buf))
+            )
         return buf
 
     def _bind_udp(self):

@@ -36,6 +36,9 @@ _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(16000)
 _WINDOW = const(16)  # requests awaiting their acks at once
 _RX = const(4096 + 256 + 9)  # a received packet: 4 KB of payload, topic, headers
+# In a heap fragmented past _RX, the largest half of it found, down to this: a session whose
+# longer packets are dropped (and logged) beats none.
+_RX_MIN = const(1024)
 # Packets to send: CONNECT with the longest id and credentials, SUBSCRIBE of six filters, a
 # PUBLISH's header (its payload is written from the data phase's buffer).
 _TX = const(1600)
@@ -150,8 +153,11 @@ class Session:
             self._task.cancel()  # waiting for Wi-Fi or in back-off: try at once instead
         if self._tx is None:  # all or none (MemoryError)
             gc.collect()  # the commands' garbage goes first: the buffers take the lowest runs
-            rx = mqttpkt.Reader(_RX)
+            buf = aio.buffer(_RX, _RX_MIN)
             tx = bytearray(_TX)
+            rx = mqttpkt.Reader(buf)
+            if len(buf) < _RX:
+                log.warn("mqtt: {} bytes for a received packet (heap fragmented)".format(len(buf)))
             self._tx, self._rx, self._lock = tx, rx, asyncio.Lock()
         self._addr = None
         ctx.mqtt_error = ""
@@ -448,7 +454,7 @@ class Session:
     async def _handle(self, first, body):
         kind = first >> 4
         if body is None:
-            log.warn("mqtt: a packet larger than {} bytes was dropped".format(_RX))
+            log.warn("mqtt: a packet larger than the receive buffer was dropped")
         elif kind == mqttpkt.PUBLISH:
             topic, pid, payload = mqttpkt.publish_parts(first, body)
             qos = first >> 1 & 3

@@ -165,8 +165,8 @@ def publish_parts(first, body):
 # held ones are the packets from the oldest held one on whose first byte is not 0 (type 0 is
 # reserved, 2.2.1).
 class Reader:
-    def __init__(self, size):
-        self._mv = memoryview(bytearray(size))
+    def __init__(self, buf):
+        self._mv = memoryview(buf)
         self.clear()
 
     def clear(self):

@@ -808,7 +808,7 @@ class FakeBroker:
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.reader = mqttpkt.Reader(8192)
+        self.reader = mqttpkt.Reader(bytearray(8192))
 
     def serve(self, script) -> threading.Thread:
         def run() -> None:

@@ -92,7 +92,7 @@ def test_decoder_streams_across_reads():
         + b"\x90\x03\x00\x01\x80"  # SUBACK failure
     )
     for step in (1, 2, 3, 7, 64, len(stream)):
-        r = p.Reader(256)
+        r = p.Reader(bytearray(256))
         got = []
         for i in range(0, len(stream), step):
             got += feed(r, stream[i : i + step])
@@ -107,7 +107,7 @@ def test_decoder_streams_across_reads():
 def test_decoder_skips_a_packet_larger_than_its_buffer():
     big = enc(publish, 0, b"t", b"y" * 100, 0)
     after = b"\xd0\x00"
-    r = p.Reader(64)
+    r = p.Reader(bytearray(64))
     got = feed(r, big[:50]) + feed(r, big[50:90]) + feed(r, big[90:] + after)
     assert got == [(0x30, None), (0xD0, b"")]
 
@@ -117,7 +117,7 @@ def test_decoder_holds_packets_while_reading_on():
     take() gives them back oldest first, and their room with them."""
     m1 = enc(publish, 1, b"t", b"a" * 20, 1)
     m2 = enc(publish, 2, b"t", b"b" * 20, 1)
-    r = p.Reader(64)
+    r = p.Reader(bytearray(64))
     fill(r, b"\xd0\x00" + m1 + b"\x40\x02\x00")
     first, body = r.next()
     assert (first, bytes(body)) == (0xD0, b"")
@@ -142,7 +142,7 @@ def test_decoder_holds_packets_while_reading_on():
 def test_decoder_holds_many_messages_in_its_buffer_alone():
     """A buffer full of small held messages: each is given back intact, in order, with the
     packets read between them skipped."""
-    r = p.Reader(4096)
+    r = p.Reader(bytearray(4096))
     sent = []
     k = 0
     while len(r.space()) > 40:
@@ -161,7 +161,7 @@ def test_decoder_holds_many_messages_in_its_buffer_alone():
 
 
 def test_decoder_refuses_a_malformed_length():
-    r = p.Reader(16)
+    r = p.Reader(bytearray(16))
     with pytest.raises(ValueError):
         feed(r, b"\x30\xff\xff\xff\xff\x01")
 

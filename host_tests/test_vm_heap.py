@@ -9,3 +9,7 @@ def test_output_paths_allocate_nothing(mpy):
 
 def test_a_fragmented_heap_gives_a_smaller_pull_buffer(mpy):
     run_vm_script(mpy, "host_tests/vm/test_pull_buffer.py", "256k", "host/board")
+
+
+def test_a_fragmented_heap_gives_mqtt_a_smaller_receive_buffer(mpy):
+    run_vm_script(mpy, "host_tests/vm/test_mqtt_buffer.py", "256k", "host/board")

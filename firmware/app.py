@@ -98,12 +98,16 @@ def _restore(st):
 
 
 # A task ended by an exception nobody caught: logged with its traceback (which task, which
-# allocation); out of memory also goes to AT+ERRNO.
+# allocation); out of memory also goes to AT+ERRNO. Never raises: asyncio would pass it on out
+# of asyncio.run(), and the module would restart (seen at 110k: logging the MemoryError ran out).
 def _task_failed(loop, context):
     e = context["exception"]
     if isinstance(e, MemoryError):
         ctx.serial.out_of_memory("running a background task")
-    log.exc(e, "a background task")
+    try:
+        log.exc(e, "a background task")
+    except MemoryError:
+        pass  # out_of_memory has logged what it could
 
 
 # Keep uptime counting past the ticks_ms wrap, and the RTC set: it reads 2000-01-01 after

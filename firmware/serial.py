@@ -33,6 +33,7 @@ _OK = b"\r\nOK\r\n"
 _ERROR = b"\r\nERROR\r\n"
 _CRLF = b"\r\n"
 _RUBOUT = b"\x08 \x08"
+_OOM = (at.E_INTERNAL, "out of memory")
 
 
 # What a handler returns to take the bytes that follow its line: exactly `length` bytes, or,
@@ -104,6 +105,9 @@ class Serial:
                         i = await self._take_data(mv, i, n)
             except MemoryError:
                 self.out_of_memory("reading the UART")
+                if self._open:  # even its ERROR failed: the command ends, with no reason line
+                    self._uart.write(_ERROR)
+                    self._end()
 
     # Bytes into _rx. A data phase gives up after _DATA_IDLE_MS of silence; transparent mode
     # cuts a frame after the AT+UARTFOMAT idle time; a partial line frees the line for events
@@ -384,12 +388,17 @@ class Serial:
 
     # A MemoryError (in a task, the reader, or a command when doing is None): logged, and
     # AT+ERRNO tells it. Returns the error.
+    # Never raises: with no room even for the words, the reason is _OOM.
     def out_of_memory(self, doing):
         gc.collect()
-        if doing is None:
-            doing = self._what()
-        log.warn("out of memory while {} ({} bytes free)".format(doing, gc.mem_free()))
-        err = self.last_error = (at.E_INTERNAL, "out of memory while " + doing)
+        try:
+            if doing is None:
+                doing = self._what()
+            log.warn("out of memory while {} ({} bytes free)".format(doing, gc.mem_free()))
+            err = (at.E_INTERNAL, "out of memory while " + doing)
+        except MemoryError:
+            err = _OOM
+        self.last_error = err
         return err
 
     # Call fn once the current response has gone out (AT+REBOOT, AT+FACTORY, AT+STANDBY).

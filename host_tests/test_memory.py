@@ -398,6 +398,7 @@ def test_mqtt_over_tls_at_110k(tmp_path: Path, world: dict) -> None:
             mqtt_use(h, world)
             mqtt_off(h)
             ends.append(h.memfree())
+        assert m.status()["boots"] == 1
     assert all(abs(end - ends[0]) <= ends[0] * 0.02 for end in ends), ends
 
 

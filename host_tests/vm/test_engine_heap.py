@@ -82,4 +82,13 @@ assert bytes(uart.out[: uart.n]) == b"\r\nERROR\r\n", bytes(uart.out[: uart.n])
 assert eng.last_error == (10, "out of memory while AT+CIPSTART"), eng.last_error
 eng.out_of_memory("reading the UART")
 assert eng.last_error[1] == "out of memory while reading the UART"
+
+# With no room even for the words: the reason without them, and no MemoryError out of it (the
+# asyncio exception handler calls it; a raise there would restart the module).
+micropython.heap_lock()
+try:
+    eng.out_of_memory("running a background task")
+finally:
+    micropython.heap_unlock()
+assert eng.last_error == (10, "out of memory"), eng.last_error
 print("OK")

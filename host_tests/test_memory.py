@@ -417,10 +417,10 @@ def one_tls_link(h: Host, w: dict) -> None:
 
 
 # Every feature of the list, in turn and then all at once, three rounds in one boot.
-# WROOM (no PSRAM): what today's firmware cannot do at HEAP=110k on the measured model (five
-# links with two TLS, MQTT over TLS, everything at once) is collected with AT+ERRNO's reason,
-# everything is stopped and the session goes on; the test then reports the list as an expected
-# failure. WROVER with the stock ESP32_GENERIC-SPIRAM image: malloc takes PSRAM
+# WROOM (no PSRAM): what today's firmware cannot do at HEAP=110k on the measured model (MQTT
+# over TLS once every feature has been used, everything at once) is collected with AT+ERRNO's
+# reason, everything is stopped and the session goes on; the test then reports the list as an
+# expected failure (but a restart fails it). WROVER with the stock ESP32_GENERIC-SPIRAM image: malloc takes PSRAM
 # (CONFIG_SPIRAM_USE_MALLOC, boards/sdkconfig.spiram) and the GC heap doubles into it from
 # 56 KiB (py/gc.c gc_try_add_heap); 448k is three doublings, far below the 4 MB of PSRAM.
 # There every step must work.

@@ -7,9 +7,5 @@ def test_output_paths_allocate_nothing(mpy):
     run_vm_script(mpy, "host_tests/vm/test_engine_heap.py", "176k", "host_tests/vm")
 
 
-def test_a_fragmented_heap_gives_a_smaller_pull_buffer(mpy):
-    run_vm_script(mpy, "host_tests/vm/test_pull_buffer.py", "256k", "host/board")
-
-
-def test_a_fragmented_heap_gives_mqtt_a_smaller_receive_buffer(mpy):
-    run_vm_script(mpy, "host_tests/vm/test_mqtt_buffer.py", "256k", "host/board")
+def test_a_fragmented_heap_gives_smaller_stream_buffers(mpy):
+    run_vm_script(mpy, "host_tests/vm/test_stream_buffers.py", "256k", "host/board")

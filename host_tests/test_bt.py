@@ -568,9 +568,10 @@ def test_radio_goes_down_when_unused(module: Module, phone: Phone) -> None:
     m.expect_silence(0.5)
     again = memfree(m)
     # The first start keeps the group's interned names (never freed), what lives as long as
-    # the BLE object (on the PC, the stand-in's link to the radio: a socket, its reader task and
-    # buffers) and tables that keep their largest size (sys.modules): 5.6 KB measured at
-    # HEAP=128k. After that, nothing accumulates.
+    # the BLE object (on the PC, the stand-in's link to the radio: a socket and its reader task;
+    # the reader's buffer and asyncio.stream are the stand-ins' share) and tables that keep
+    # their largest size (sys.modules): 2.8 KB measured at HEAP=128k. After that, nothing
+    # accumulates.
     assert before - after < 6000 and abs(after - again) < 512, (before, after, again)
 
 

@@ -35,6 +35,10 @@ from asyncio import StreamReader
 
 import machine
 
+# The reader's buffer, made with the stand-ins (their share of the heap): on the board the
+# radio's transport is NimBLE's host task, not the firmware's heap.
+_PUMP_BUF = bytearray(1024)
+
 _ACTIVE = const(1)
 _CONFIG = const(2)
 _ADV = const(3)
@@ -234,7 +238,7 @@ class BLE:
 
     async def _pump(self):
         s = StreamReader(self._sock)
-        buf = bytearray(1024)
+        buf = _PUMP_BUF
         try:
             while True:
                 for payload in self._pending:

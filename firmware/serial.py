@@ -88,7 +88,7 @@ class Serial:
         self._quiet = False  # transparent mode: the line was idle before the current frame
 
     # Read and act on the UART forever. A MemoryError never ends it: the module keeps
-    # answering (the engine's own buffers are all allocated above).
+    # answering.
     async def run(self):
         self._task = asyncio.current_task()
         mv = memoryview(self._rx)
@@ -104,10 +104,16 @@ class Serial:
                     else:
                         i = await self._take_data(mv, i, n)
             except MemoryError:
-                self.out_of_memory("reading the UART")
-                if self._open:  # even its ERROR failed: the command ends, with no reason line
-                    self._uart.write(_ERROR)
-                    self._end()
+                self._starved()
+
+    # A MemoryError out of the reading itself (the engine's own buffers are all made above). A
+    # command whose own ERROR ran out ends with a bare one, rather than leave the host waiting;
+    # a data phase keeps its failure and answers once at its end.
+    def _starved(self):
+        self.out_of_memory("reading the UART")
+        if self._open and self._phase is None:
+            self._uart.write(_ERROR)
+            self._end()
 
     # Bytes into _rx. A data phase gives up after _DATA_IDLE_MS of silence; transparent mode
     # cuts a frame after the AT+UARTFOMAT idle time; a partial line frees the line for events
@@ -180,6 +186,7 @@ class Serial:
             self._fail(AtError(at.E_SYNTAX, "line longer than {}".format(LINE_MAX)))
         elif length:  # empty lines are ignored
             self._cmd = length
+            self._begin(None)  # answered from here on, even if copying the line runs out
             await self._dispatch(bytes(self._line[:length]))
         return stop
 
@@ -199,7 +206,6 @@ class Serial:
             self._len += k
 
     async def _dispatch(self, line):
-        self._begin(None)
         try:
             name, op, params = at.parse(line)
             row = self._table.get(name)

@@ -91,4 +91,23 @@ try:
 finally:
     micropython.heap_unlock()
 assert eng.last_error == (10, "out of memory"), eng.last_error
+
+# A line completed (its terminator read) in a heap with no room even to copy it: still
+# answered, ERROR.
+uart.n = 0
+eng._line[:2] = b"AT"
+eng._len = 2
+eng._rx[:1] = b"\r"
+taking = eng._take_line(memoryview(eng._rx), 0, 1)
+micropython.heap_lock()
+try:
+    try:
+        taking.send(None)
+        raise AssertionError("a line copied in a locked heap")
+    except MemoryError:
+        eng._starved()  # what the reader does with it
+finally:
+    micropython.heap_unlock()
+assert bytes(uart.out[: uart.n]) == b"\r\nERROR\r\n", bytes(uart.out[: uart.n])
+assert eng.last_error == (10, "out of memory"), eng.last_error
 print("OK")

@@ -393,8 +393,8 @@ class Serial:
             after()
 
     # A MemoryError (in a task, the reader, or a command when doing is None): logged, and
-    # AT+ERRNO tells it. Returns the error.
-    # Never raises: with no room even for the words, the reason is _OOM.
+    # AT+ERRNO tells it. Returns the error. Never raises: with no room even for the words, the
+    # reason is _OOM.
     def out_of_memory(self, doing):
         gc.collect()
         try:

@@ -29,14 +29,13 @@ import socket
 import struct
 import sys
 
-# Loaded with the stand-ins, in their share of the heap, not by the first AT+BTDISCOVERY in the
-# firmware's: on the board, NimBLE's transport is C.
 from asyncio import StreamReader
 
 import machine
 
-# The reader's buffer, made with the stand-ins (their share of the heap): on the board the
-# radio's transport is NimBLE's host task, not the firmware's heap.
+# The reader's class (asyncio.stream) and its buffer come with the stand-ins, in their share of
+# the heap, not with the first AT+BTDISCOVERY in the firmware's: on the board the radio's
+# transport is NimBLE's host task, outside the GC heap.
 _PUMP_BUF = bytearray(1024)
 
 _ACTIVE = const(1)

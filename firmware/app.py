@@ -114,6 +114,7 @@ def _task_failed(loop, context):
 # power-on and TLS verification needs the date. Once the station is up, SNTP from the configured
 # servers (as ESP-AT does at start), retried from 15 s doubling to 5 min while it fails (as lwIP's
 # SNTP client), then hourly. firmware/sntp.py is loaded only for an attempt (RAM).
+# A full heap (no room to load sntp) counts as a failed attempt: the task never ends.
 async def _housekeeping():
     wait = _RETRY_MIN_MS
     while True:
@@ -122,15 +123,15 @@ async def _housekeeping():
             await asyncio.sleep_ms(500)
             continue
         held = "firmware.sntp" in sys.modules
-        from firmware import sntp
-
         try:
+            from firmware import sntp
+
             await sntp.sync()
             wait, pause = _RETRY_MIN_MS, _RESYNC_MS
-        except Exception:  # AtError: no answer (AT+SNTPTIME tells why)
+        except Exception:  # AtError: no answer (AT+SNTPTIME tells why); MemoryError
             pause, wait = wait, min(wait * 2, _RETRY_MAX_MS)
         if not held:
-            del sys.modules["firmware.sntp"]
-            del sys.modules["firmware"].sntp
+            sys.modules.pop("firmware.sntp", None)
+            sys.modules["firmware"].__dict__.pop("sntp", None)
         sntp = None
         await asyncio.sleep_ms(pause)

@@ -24,12 +24,17 @@ LINE_MAX = const(1024)  # longest command line; a longer one is answered ERROR
 DATA_MAX = const(4096)  # longest buffered data phase (CIPSEND, MQTTSEND...)
 _CHUNK = const(512)  # UART read size
 _DATA_IDLE_MS = const(5000)  # a data phase that receives nothing this long fails
+_STARVED_MS = const(10)  # out of memory for even a read's wait: poll the UART this often
 _PARTIAL_MS = const(1000)  # a partial line holds events this long after its last byte
+_TOO_LONG = const(1)  # why a line is spoiled
+_NO_MEMORY = const(2)
 _HELD_MAX = const(16)  # text events waiting for the line; beyond, the oldest is dropped
 _BS = const(0x08)
 _DEL = const(0x7F)
 
 _OK = b"\r\nOK\r\n"
+_CR = b"\r"
+_LF = b"\n"
 _ERROR = b"\r\nERROR\r\n"
 _CRLF = b"\r\n"
 _RUBOUT = b"\x08 \x08"
@@ -67,9 +72,13 @@ class Serial:
         self._table = table  # name -> (test, query, set, exec) handlers
         self._settings = settings
         self._rx = bytearray(_CHUNK)
+        self._at = 0  # _rx[_at:_n] is read and not taken yet: kept across a MemoryError
+        self._n = 0
+        self._starving = False  # the last pass of the reader ran out of memory
         self._line = memoryview(bytearray(LINE_MAX))
         self._len = 0  # bytes of the current line in _line
-        self._overflow = False  # the current line is too long: discard it up to its end
+        self._spoiled = None  # why the current line fails (too long, no memory for it): it is
+        # discarded up to its end, then answered ERROR with that reason
         self._typing = False  # bytes of an incomplete line came in the last _PARTIAL_MS
         self._data = memoryview(bytearray(DATA_MAX))
         self._phase = None  # the DataPhase being received, or None in command mode
@@ -87,41 +96,51 @@ class Serial:
         self.sink = None  # transparent mode: where UART frames go (an object with write/close)
         self._quiet = False  # transparent mode: the line was idle before the current frame
 
-    # Read and act on the UART forever. A MemoryError never ends it: the module keeps
-    # answering.
+    # Read and act on the UART forever. A MemoryError never ends it, and loses no input: what
+    # was read and not taken stays in _rx[_at:_n] for the next pass. Taking a command line or
+    # data allocates nothing until the command runs (a line the heap has no room for is
+    # answered ERROR); only the wait for input and transparent mode's frames need memory.
     async def run(self):
         self._task = asyncio.current_task()
         mv = memoryview(self._rx)
         while True:
             try:
-                n = await self._read()
-                i = 0
-                while i < n:
+                if self._at == self._n:
+                    self._at = self._n = 0
+                    self._n = self._uart.readinto(self._rx) or await self._read()
+                while self._at < self._n:
                     if self.sink is not None:
-                        i = await self._take_frame(mv, i, n)
-                    elif self._phase is None:
-                        i = await self._take_line(mv, i, n)
+                        await self._take_frame(mv)
+                        continue
+                    if self._phase is None:
+                        work = self._take_line(mv)
                     else:
-                        i = await self._take_data(mv, i, n)
+                        work = self._take_data(mv)
+                    if work is not None:  # a coroutine handler's
+                        try:
+                            self._settle(await work)
+                        except Exception as e:
+                            self._fail(e)
+                self._starving = False
             except MemoryError:
                 self._starved()
+                await asyncio.sleep_ms(_STARVED_MS)
 
-    # A MemoryError out of the reading itself (the engine's own buffers are all made above). A
-    # command whose own ERROR ran out ends with a bare one, rather than leave the host waiting;
-    # a data phase keeps its failure and answers once at its end.
+    # A MemoryError out of the reading itself (the engine's own buffers are all made above):
+    # logged once per spell. A command whose own ERROR ran out ends with a bare one, rather
+    # than leave the host waiting; a data phase keeps its failure and answers once at its end.
     def _starved(self):
-        self.out_of_memory("reading the UART")
+        if not self._starving:
+            self._starving = True
+            self.out_of_memory("reading the UART")
         if self._open and self._phase is None:
             self._uart.write(_ERROR)
             self._end()
 
-    # Bytes into _rx. A data phase gives up after _DATA_IDLE_MS of silence; transparent mode
-    # cuts a frame after the AT+UARTFOMAT idle time; a partial line frees the line for events
-    # after _PARTIAL_MS. Only the wait is timed, never the read.
+    # Wait for bytes, then read them into _rx. A data phase gives up after _DATA_IDLE_MS of
+    # silence; transparent mode cuts a frame after the AT+UARTFOMAT idle time; a partial line
+    # frees the line for events after _PARTIAL_MS. Only the wait is timed, never the read.
     async def _read(self):
-        n = self._uart.readinto(self._rx)  # what is there already (the next pipelined line?)
-        if n:
-            return n
         self._release()
         if self.sink is not None:
             timeout = self._settings["uartfomat"][1]
@@ -146,68 +165,81 @@ class Serial:
             return 0
         return self._uart.readinto(self._rx) or 0
 
-    # Command mode: add rx[i:n] to the line up to its terminator (\r or \n); echo what is
-    # taken as it arrives; Backspace and DEL delete the last character. Returns the index
-    # after what was taken.
-    async def _take_line(self, mv, i, n):
+    # Command mode: add _rx[_at:_n] to the line up to its terminator (\r or \n); echo what is
+    # taken as it arrives; Backspace and DEL delete the last character. At the terminator the
+    # command runs: returns a coroutine handler's coroutine for the reader to await, else None.
+    def _take_line(self, mv):
         rx = self._rx
-        end = rx.find(b"\r", i, n)
-        lf = rx.find(b"\n", i, n)
+        i = self._at
+        n = self._n
+        end = rx.find(_CR, i, n)
+        lf = rx.find(_LF, i, n)
         if end < 0 or 0 <= lf < end:
             end = lf
-        stop = n if end < 0 else end + 1
         text_end = n if end < 0 else end
         echo = self._settings["echo"]
-        j = i
-        while j < text_end:  # once per Backspace, not per byte
-            bs = rx.find(b"\x08", j, text_end)
-            de = rx.find(b"\x7f", j, text_end)
+        while i < text_end:  # once per Backspace, not per byte
+            bs = rx.find(b"\x08", i, text_end)
+            de = rx.find(b"\x7f", i, text_end)
             if bs < 0 or 0 <= de < bs:
                 bs = de
             k = text_end if bs < 0 else bs
-            self._add(mv, j, k, echo)
-            if bs < 0:
-                break
-            if self._len and not self._overflow:
-                self._len -= 1
-                if echo:
-                    self._uart.write(_RUBOUT)
-            j = bs + 1
+            self._add(mv, i, k, echo)
+            if bs >= 0:
+                if self._len and self._spoiled is None:
+                    self._len -= 1
+                    if echo:
+                        self._uart.write(_RUBOUT)
+                k = bs + 1
+            i = self._at = k
         if end < 0:
-            return stop
+            return None
+        self._at = end + 1
         if echo:
-            self._uart.write(mv[end:stop])
+            self._uart.write(_CR if rx[end] == 13 else _LF)
         length = self._len
         self._len = 0
         self._typing = False
-        if self._overflow:
-            self._overflow = False
+        spoiled = self._spoiled
+        if spoiled is not None:
+            self._spoiled = None
             self._begin("reading a command line")
-            self._fail(AtError(at.E_SYNTAX, "line longer than {}".format(LINE_MAX)))
+            if spoiled == _NO_MEMORY:
+                self._error(self.out_of_memory(self._doing))
+            else:
+                self._fail(AtError(at.E_SYNTAX, "line longer than {}".format(LINE_MAX)))
         elif length:  # empty lines are ignored
             self._cmd = length
             self._begin(None)  # answered from here on, even if copying the line runs out
-            await self._dispatch(bytes(self._line[:length]))
-        return stop
+            return self._dispatch()
+        return None
 
-    # Text of the line (no terminator, no Backspace) into _line, echoed.
+    # Text of the line (no terminator, no Backspace) into _line, echoed. Taken even when the
+    # heap has no room for the one view it makes: the line then fails at its end.
     def _add(self, mv, i, j, echo):
         k = j - i
         if not k:
             return
-        if echo:
-            self._uart.write(mv[i:j])
         self._free.clear()
         self._typing = True
+        try:
+            piece = mv[i:j]
+        except MemoryError:
+            self._spoiled = _NO_MEMORY
+            return
+        if echo:
+            self._uart.write(piece)
         if self._len + k > LINE_MAX:
-            self._overflow = True
-        elif not self._overflow:
-            self._line[self._len : self._len + k] = mv[i:j]
+            self._spoiled = _TOO_LONG
+        elif self._spoiled is None:
+            self._line[self._len : self._len + k] = piece
             self._len += k
 
-    async def _dispatch(self, line):
+    # Run the command in _line[:_cmd]: None once answered (or its data phase begun), or a
+    # coroutine handler's coroutine, whose result goes to _settle.
+    def _dispatch(self):
         try:
-            name, op, params = at.parse(line)
+            name, op, params = at.parse(bytes(self._line[: self._cmd]))
             row = self._table.get(name)
             if row is None:
                 raise AtError(at.E_UNKNOWN, "unknown command " + name)
@@ -215,22 +247,31 @@ class Serial:
             if handler is None:
                 raise AtError(at.E_OP, "AT+{} has no such form".format(name))
             res = handler(params) if op == at.SET else handler()
-            if hasattr(res, "send"):  # a coroutine handler
-                res = await res
-            if isinstance(res, DataPhase):
-                if res.end is None and res.sink is None and not 0 < res.length <= DATA_MAX:
-                    raise AtError(at.E_PARAM, "data length must be 1..{}".format(DATA_MAX))
-                self._phase = res
-                self._got = 0
-                self._uart.write(b">")
-                return  # the response stays open until the data is in
-            self._finish(res)
+            if hasattr(res, "send"):
+                return res
+            self._settle(res)
         except Exception as e:
             self._fail(e)
+        return None
 
-    # Data phase: take rx[i:n]. Returns the index after what was taken.
-    async def _take_data(self, mv, i, n):
+    # A handler's result: a data phase begins, or the response ends. Raises AtError for a
+    # data phase of a length the engine cannot take.
+    def _settle(self, res):
+        if isinstance(res, DataPhase):
+            if res.end is None and res.sink is None and not 0 < res.length <= DATA_MAX:
+                raise AtError(at.E_PARAM, "data length must be 1..{}".format(DATA_MAX))
+            self._phase = res
+            self._got = 0
+            self._uart.write(b">")  # the response stays open until the data is in
+        else:
+            self._finish(res)
+
+    # Data phase: take _rx[_at:_n]. At its end returns what _take_line does (a sink's done is
+    # never a coroutine).
+    def _take_data(self, mv):
         ph = self._phase
+        i = self._at
+        n = self._n
         got = self._got
         if ph.end is None:
             k = min(n - i, ph.length - got)
@@ -252,34 +293,36 @@ class Serial:
             except Exception as e:  # read on to the end of the data, then answer once
                 ph.error = e
         self._got = got + k
-        if done:
-            self._phase = None
-            try:
-                if ph.error is not None:
-                    raise ph.error
-                data = None if ph.sink is not None else self._data[: self._got]
-                res = ph.done(data)
-                if hasattr(res, "send"):
-                    res = await res
-                self._finish(res)
-            except Exception as e:
-                if ph.sink is not None:
-                    ph.sink.abort()
-                self._fail(e)
-        return stop
+        self._at = stop
+        if not done:
+            return None
+        self._phase = None
+        try:
+            if ph.error is not None:
+                raise ph.error
+            res = ph.done(None if ph.sink is not None else self._data[: self._got])
+            if hasattr(res, "send"):
+                return res
+            self._settle(res)
+        except Exception as e:
+            if ph.sink is not None:
+                ph.sink.abort()
+            self._fail(e)
+        return None
 
     # Transparent mode: frames of AT+UARTFOMAT length go to the sink as they fill up.
-    async def _take_frame(self, mv, i, n):
+    async def _take_frame(self, mv):
+        i = self._at
         length = self._settings["uartfomat"][0]
         got = self._got
-        k = min(n - i, length - got)
+        k = min(self._n - i, length - got)
         self._data[got : got + k] = mv[i : i + k]
         self._got = got + k
+        self._at = i + k
         if self._got == length:
             self._got = 0
             self._quiet = False
             await self.sink.write(self._data[:length])
-        return i + k
 
     # The line went idle: send the partial frame, unless it is "+++" alone between two
     # silences, which leaves transparent mode.
@@ -359,6 +402,10 @@ class Serial:
         else:
             log.exc(e, self._what())
             err = (at.E_INTERNAL, repr(e))
+        self._error(err)
+
+    # Answer ERROR for the reason err, (code, text): AT+ERRNO's.
+    def _error(self, err):
         self.last_error = err
         self._write_caused()
         u = self._uart

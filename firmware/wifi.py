@@ -62,23 +62,27 @@ class Station:
 
     # Join, stay joined, and rejoin with back-off when the link is lost or a join fails.
     # STATION_DOWN is announced once per loss (not once per retry).
+    # A full heap ends a pass, never the keeper: it tries again after the back-off.
     async def _keep(self):
         backoff = _BACKOFF_MIN_MS
         announced = False
         while True:
-            if await self._attempt():
-                self.state = UP
-                self.error = None
-                events.emit("WEVENT", UP)
-                backoff = _BACKOFF_MIN_MS
-                announced = False
-                while self.wlan.isconnected():
-                    await asyncio.sleep_ms(_WATCH_MS)
-                self.error = ERR_UNKNOWN
-            self.state = DOWN
-            if not announced:
-                events.emit("WEVENT", DOWN)
-                announced = True
+            try:
+                if await self._attempt():
+                    self.state = UP
+                    self.error = None
+                    events.emit("WEVENT", UP)
+                    backoff = _BACKOFF_MIN_MS
+                    announced = False
+                    while self.wlan.isconnected():
+                        await asyncio.sleep_ms(_WATCH_MS)
+                    self.error = ERR_UNKNOWN
+                self.state = DOWN
+                if not announced:
+                    events.emit("WEVENT", DOWN)
+                    announced = True
+            except MemoryError:
+                ctx.serial.out_of_memory("keeping the Wi-Fi link")
             await asyncio.sleep_ms(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX_MS)
 

@@ -99,6 +99,8 @@ def _w():
             _world, _wsig = w, sig
     except (OSError, ValueError):
         pass  # missing or half-written: keep the last good world
+    except MemoryError:
+        pass  # the chip's radio needs no Python heap: a full one leaves the world for later
     return _world
 
 

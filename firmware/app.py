@@ -77,9 +77,9 @@ async def main():
 # released when the feature stops.
 def _restore(st):
     wifi.start()
-    from firmware import ota  # every boot: confirms a new version once it answers AT
-
-    ota.start()
+    # Every boot confirms a new version once it answers AT. The module counts as the OTA
+    # group's, released with it (its task holds what it needs until it has confirmed).
+    registry.use("ota", "firmware.ota").start()
     if st["bt_on"]:
         registry.load("bt")
         from firmware import bt

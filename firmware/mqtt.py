@@ -124,6 +124,7 @@ class Session:
         self._attempting = False  # the session task is connecting now (not waiting)
         self._sock = None
         self._tls_held = False  # holds one of tls's sessions
+        self._tls = None  # (tls.made_for, SSLContext) of the session's connections, made at start
         self._tx = None  # packet buffer (bytearray), from AT+MQTTSTART to AT+MQTTCLOSE
         self._rx = None  # mqttpkt.Reader, same lifetime
         self._lock = None  # one packet at a time on the socket
@@ -153,6 +154,10 @@ class Session:
             self._task.cancel()  # waiting for Wi-Fi or in back-off: try at once instead
         if self._tx is None:  # all or none (MemoryError)
             gc.collect()  # the commands' garbage goes first: the buffers take the lowest runs
+            try:  # first: it takes 3 KB in one piece, where the receive buffer can be smaller
+                self._context()
+            except at.AtError:
+                pass  # no certificate: the attempt says so (CONNECT,INIT_ERROR)
             buf = aio.buffer(_RX, _RX_MIN)
             tx = bytearray(_TX)
             rx = mqttpkt.Reader(buf)
@@ -181,8 +186,22 @@ class Session:
         self._lost = None
         self._attempting = False
         self.status = CLOSED
-        self._tx = self._rx = self._lock = None
+        self._tx = self._rx = self._lock = self._tls = None
         return had
+
+    # The TLS context of the session's connections (None without TLS), made again only when the
+    # configuration or the certificates changed: a reconnect takes no second 3 KB block, even
+    # after tls forgot the context with its last session. Raises at.AtError.
+    def _context(self):
+        st = ctx.settings
+        if not st["mqtt_ssl"]:
+            return None
+        server, client = st["mqtt_caverify"]
+        key = tls.made_for(server, client)
+        if self._tls is None or self._tls[0] != key:
+            self._tls = None  # the old one goes first
+            self._tls = (key, tls.context(server, client))
+        return self._tls[1]
 
     def _stop_tasks(self):
         for t in self._tasks:
@@ -261,15 +280,12 @@ class Session:
         host, port = st["mqtt_sock"]
         if not host:
             raise Failure("no broker address (AT+MQTTSOCK)", INIT_ERROR)
-        context = None
-        if st["mqtt_ssl"]:  # certificates from AT+SSLCERTSET
-            server, client = st["mqtt_caverify"]
-            try:
-                context = tls.context(server, client)
-            except at.AtError as e:
-                raise Failure(e.detail, INIT_ERROR)
-            if server:  # first wait (bounded) for the clock: the certificate dates are checked
-                await tls.clock_ready()
+        try:  # certificates from AT+SSLCERTSET
+            context = self._context()
+        except at.AtError as e:
+            raise Failure(e.detail, INIT_ERROR)
+        if context is not None and st["mqtt_caverify"][0]:
+            await tls.clock_ready()  # first (bounded): the certificate dates are checked
         a = self._addr
         if a is None or a[0] != host or a[1] != port:
             try:  # blocks: DNS, once per session and host (instant for an IP address)

@@ -62,11 +62,16 @@ async def clock_ready(ms=_CLOCK_WAIT_MS):
 # second 3 KB block of a fragmented heap (the context is a GC object on the chip too, unlike
 # the sessions' record buffers) and parses no certificate again.
 def context(verify, client=False):
-    key = (verify, client, certs.version)
-    t = _shared.get(key)
+    k = made_for(verify, client)
+    t = _shared.get(k)
     if t is None:
-        t = _shared[key] = _context(verify, client)
+        t = _shared[k] = _context(verify, client)
     return t
+
+
+# What a context is made for: a held one serves while this is unchanged.
+def made_for(verify, client=False):
+    return (verify, client, certs.version)
 
 
 def _context(verify, client):

@@ -567,11 +567,11 @@ def test_radio_goes_down_when_unused(module: Module, phone: Phone) -> None:
     assert m.read_until(OFF, 10).endswith(OFF)
     m.expect_silence(0.5)
     again = memfree(m)
-    # The first start keeps the group's interned names (never freed), what lives as long as
-    # the BLE object (on the PC, the stand-in's link to the radio: a socket and its reader task;
-    # the reader's buffer and asyncio.stream are the stand-ins' share) and tables that keep
-    # their largest size (sys.modules): 2.8 KB measured at HEAP=128k. After that, nothing
-    # accumulates.
+    # The first start keeps the group's interned names (never freed, 0.9 KB of text) and what
+    # lives as long as the BLE object, and tables keep their largest size (sys.modules): 1.4 KB
+    # measured at HEAP=110k. (The BLE object, its link to the radio and its reader task are
+    # the stand-ins' share, made before the firmware's heap: on the board they are two words
+    # and NimBLE's.) After that, nothing accumulates.
     assert before - after < 6000 and abs(after - again) < 512, (before, after, again)
 
 

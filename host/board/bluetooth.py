@@ -35,7 +35,8 @@ import machine
 
 # The reader's class (asyncio.stream) and its buffer come with the stand-ins, in their share of
 # the heap, not with the first AT+BTDISCOVERY in the firmware's: on the board the radio's
-# transport is NimBLE's host task, outside the GC heap.
+# transport is NimBLE's host task, outside the GC heap. So do the BLE object and its link to
+# the radio (_prepare, at the end).
 _PUMP_BUF = bytearray(1024)
 
 _ACTIVE = const(1)
@@ -473,3 +474,19 @@ class BLE:
     def _need_active(self):
         if not self._on:
             raise OSError(_ENOTCONN)
+
+
+# Made at import, with the stand-ins (host/start.py imports them before it gives the firmware
+# its heap): the BLE object (on the board two words: extmod/modbluetooth.c with
+# MICROPY_PY_BLUETOOTH_USE_SYNC_EVENTS, ports/esp32/mpconfigport.h), the connection to the
+# radio and the task that reads it. Without a radio, active(True) raises as before.
+def _prepare():
+    ble = BLE()
+    try:
+        ble._connect()
+    except OSError:
+        return
+    ble._task = asyncio.create_task(ble._pump())
+
+
+_prepare()

@@ -3,8 +3,11 @@
 # the chip's mbedTLS does that the PC's does not: with CERT_REQUIRED, certificate dates are
 # checked against the board RTC (CONFIG_MBEDTLS_HAVE_TIME_DATE, ports/esp32/main.c
 # platform_mbedtls_time), which starts at 2000-01-01 after power-on. A chain outside its dates
-# fails as modtls_mbedtls.c reports it (host/board/x509dates.py, loaded only for a verified
-# connection: the VM tests that run stand-ins in a small heap need no more).
+# fails as modtls_mbedtls.c reports it (host/board/x509dates.py, loaded only for the board
+# clock: the VM tests that run stand-ins in a small heap need no more). Of the trusted
+# certificates only their dates are kept: on the chip mbedTLS parses them into the ESP-IDF
+# heap, and the data given is garbage once loaded (a 16 KB chain held here would take the
+# Python heap the chip has).
 import os
 
 import tls
@@ -26,7 +29,7 @@ class SSLContext:
     def __init__(self, protocol):
         self._ctx = tls.SSLContext(protocol)
         self._ctx.verify_mode = CERT_NONE
-        self._cas = []  # the trusted certificates as loaded (PEM or DER)
+        self._cas = []  # (notBefore, notAfter) of each trusted certificate (board clock only)
 
     @property
     def verify_mode(self):
@@ -42,7 +45,10 @@ class SSLContext:
     def load_verify_locations(self, cafile=None, cadata=None):
         data = _data(cafile) if cafile else cadata
         self._ctx.load_verify_locations(data)
-        self._cas.append(data)
+        if _board_clock:
+            import x509dates
+
+            self._cas += x509dates.validities(data)
 
     def wrap_socket(
         self, sock, server_side=False, do_handshake_on_connect=True, server_hostname=None

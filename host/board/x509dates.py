@@ -55,18 +55,22 @@ def validity(der):
     return start, _time(der, tag, a, b)
 
 
+# The (notBefore, notAfter) of each certificate in PEM or DER data.
+def validities(data):
+    return [validity(der) for der in _ders(data)]
+
+
 # Why mbedTLS refuses a chain at the board's time, or None. The unix port's tls cannot show the
 # peer's certificate (no MBEDTLS_SSL_KEEP_PEER_CERTIFICATE), so the dates checked are the trusted
-# roots': mbedTLS checks every certificate of the chain, the root included
-# (x509_crt_verify_chain). A chain fails when no trusted root is within its dates.
-def date_error(cas):
+# roots' (periods: their validities): mbedTLS checks every certificate of the chain, the root
+# included (x509_crt_verify_chain). A chain fails when no trusted root is within its dates.
+def date_error(periods):
     import machine
 
     now = machine.RTC().datetime()
     now = (now[0], now[1], now[2], now[4], now[5], now[6])
     why = None
-    for der in cas:
-        start, end = validity(der)
+    for start, end in periods:
         if start <= now <= end:
             return None
         why = _FUTURE if now < start else _EXPIRED
@@ -110,11 +114,8 @@ def _ders(data):
 
 # The TLS socket raw, or the failure mbedTLS would have at the board's time: raised now when the
 # handshake runs in wrap_socket, else from the first read or write.
-def check(raw, cas, handshake_now):
-    ders = []
-    for data in cas:
-        ders += _ders(data)
-    why = date_error(ders)
+def check(raw, periods, handshake_now):
+    why = date_error(periods)
     if why is None:
         return raw
     if not handshake_now:

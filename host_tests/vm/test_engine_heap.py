@@ -106,31 +106,30 @@ finally:
     micropython.heap_unlock()
 assert eng.last_error == (10, "out of memory"), eng.last_error
 
+
+# take(data) in a heap with no room for anything: answered ERROR, the reason without words.
+def take_starved(data):
+    uart.n = 0
+    micropython.heap_lock()
+    try:
+        take(data)
+    finally:
+        micropython.heap_unlock()
+    assert bytes(uart.out[: uart.n]) == b"\r\nERROR\r\n", bytes(uart.out[: uart.n])
+    assert eng.last_error == (10, "out of memory"), eng.last_error
+
+
 # A line completed (its terminator read) in a heap with no room even to copy it: still
 # answered, ERROR.
-uart.n = 0
 eng._line[:2] = b"AT"
 eng._len = 2
-micropython.heap_lock()
-try:
-    take(b"\r")
-finally:
-    micropython.heap_unlock()
-assert bytes(uart.out[: uart.n]) == b"\r\nERROR\r\n", bytes(uart.out[: uart.n])
-assert eng.last_error == (10, "out of memory"), eng.last_error
+take_starved(b"\r")
 
 # Pipelined lines read into a heap with no room for anything: each is answered, the first
 # ERROR (no room to take it), and the next, once there is room, runs. Nothing read is lost,
 # nothing runs twice. (It was: a reader that ran out of memory read the UART afresh and
 # dropped the rest of what it had read, and the host waited for ever for its answer.)
-uart.n = 0
-micropython.heap_lock()
-try:
-    take(b"AT+FWVER?\rAT+FWVER?\r")
-finally:
-    micropython.heap_unlock()
-assert bytes(uart.out[: uart.n]) == b"\r\nERROR\r\n", bytes(uart.out[: uart.n])
-assert eng.last_error == (10, "out of memory"), eng.last_error
+take_starved(b"AT+FWVER?\rAT+FWVER?\r")
 assert eng._at == 10, eng._at
 eng._take_line(rx_view)
 assert eng._at == eng._n

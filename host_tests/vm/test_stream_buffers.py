@@ -10,6 +10,7 @@ sys.path.insert(0, sys.argv[1])  # the repo root
 from firmware import ctx, links, mqtt
 
 ctx.mqtt_error = ""
+ctx.settings = {"mqtt_ssl": False}  # AT+MQTTSTART reads it: a TLS session makes its context first
 link = links.Link(0)
 session = mqtt.get()
 # Made first: lists that grew would leave holes of their own.

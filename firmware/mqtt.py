@@ -152,9 +152,11 @@ class Session:
             if self._attempting:
                 return
             self._task.cancel()  # waiting for Wi-Fi or in back-off: try at once instead
-        if self._tx is None:  # all or none (MemoryError)
+        if self._tx is None:  # the buffers: all or none (MemoryError)
             gc.collect()  # the commands' garbage goes first: the buffers take the lowest runs
-            try:  # first: it takes 3 KB in one piece, where the receive buffer can be smaller
+            # The context first: it takes 3 KB in one piece, where the receive buffer can be
+            # smaller. Made, it serves the next AT+MQTTSTART if the buffers do not fit now.
+            try:
                 self._context()
             except at.AtError:
                 pass  # no certificate: the attempt says so (CONNECT,INIT_ERROR)

@@ -5,6 +5,7 @@
 # create_task.
 import asyncio
 import errno
+import gc
 import socket
 import time
 from asyncio import core
@@ -17,16 +18,21 @@ BUSY = (errno.EAGAIN, errno.EINPROGRESS, errno.ETIMEDOUT, 118, 119)
 _SPIN_MS = const(5)  # poll period while a socket takes nothing
 
 
-# A bytearray of `size` bytes or, in a heap fragmented past that, the largest half of it found,
-# down to `least` (MemoryError below that): a stream's buffer, where a smaller one beats none.
-def buffer(size, least):
+# A bytearray of `size` bytes or, in a heap fragmented past that or too full to keep `room`
+# bytes free beside it, the largest half of it found, down to `least` (MemoryError below that):
+# a stream's buffer, where a smaller one beats none, and beats a module with no room left for
+# the host's commands. gc.mem_free() counts the heap's areas so far: on the chip (which adds
+# an area when full, py/gc.c) it can only say too little, never too much. Collect before.
+def buffer(size, least, room=0):
     while True:
-        try:
-            return bytearray(size)
-        except MemoryError:
-            size >>= 1
-            if size < least:
-                raise
+        last = size >> 1 < least
+        if last or not room or gc.mem_free() >= size + room:
+            try:
+                return bytearray(size)
+            except MemoryError:
+                if last:
+                    raise
+        size >>= 1
 
 
 async def readable(s):

@@ -39,6 +39,11 @@ _RX = const(4096 + 256 + 9)  # a received packet: 4 KB of payload, topic, header
 # In a heap fragmented past _RX, the largest half of it found, down to this: a session whose
 # longer packets are dropped (and logged) beats none.
 _RX_MIN = const(1024)
+# And the largest half that leaves this much free beside it: for the transmit buffer, the
+# connection's objects (socket, TLS, tasks: ~2.5 KB) and the host's commands. At 110k, MQTT
+# over TLS after every other feature was used once got the whole buffer and left ~1.5 KB:
+# AT+MQTTPUB then ran out of memory.
+_ROOM = const(7168)
 # Packets to send: CONNECT with the longest id and credentials, SUBSCRIBE of six filters, a
 # PUBLISH's header (its payload is written from the data phase's buffer).
 _TX = const(1600)
@@ -160,11 +165,16 @@ class Session:
                 self._context()
             except at.AtError:
                 pass  # no certificate: the attempt says so (CONNECT,INIT_ERROR)
-            buf = aio.buffer(_RX, _RX_MIN)
+            gc.collect()  # the certificates' garbage: what is free is counted (_ROOM)
+            buf = aio.buffer(_RX, _RX_MIN, _ROOM)
             tx = bytearray(_TX)
             rx = mqttpkt.Reader(buf)
             if len(buf) < _RX:
-                log.warn("mqtt: {} bytes for a received packet (heap fragmented)".format(len(buf)))
+                log.warn(
+                    "mqtt: {} bytes for a received packet (heap fragmented or full)".format(
+                        len(buf)
+                    )
+                )
             self._tx, self._rx, self._lock = tx, rx, asyncio.Lock()
         self._addr = None
         ctx.mqtt_error = ""

@@ -45,16 +45,20 @@ class Settings:
     def set(self, key, value):
         self.update({key: value})
 
-    # Change several settings with one write.
+    # Change several settings with one write; none if nothing changes (drivers send their
+    # configuration at every start: the flash is not worn, the heap not used for it).
     def update(self, changes):
-        self._live.update(changes)
+        live = self._live
+        if all(k in live and live[k] == v for k, v in changes.items()):
+            return
+        live.update(changes)
         if changes.get("flashlock"):
             # FLASHLOCK's own state always persists; with it ON the file keeps the values
             # it had, with it OFF the file takes everything as it is now.
             self._flash["flashlock"] = True
             self._write(self._flash)
-        elif not self._live["flashlock"]:
-            self._flash.update(self._live)  # in place: same keys, no new table
+        elif not live["flashlock"]:
+            self._flash.update(live)  # in place: same keys, no new table
             self._write(self._flash)
 
     def _write(self, values):

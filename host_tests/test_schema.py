@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from firmware import settings
 from firmware.schema import DEFAULTS, valid
 from host_tests import flashfs
 from host_tests.module import OK, Module
@@ -57,5 +58,22 @@ def test_factory_gives_the_schema_defaults():
             assert again.cmd("AT+FACTORY").endswith(OK)
             again.wait_booted(2)
             again.sync()
-            assert again.cmd("AT+WEVENT=ON").endswith(OK)  # writes every setting to the file
+            assert again.cmd("AT+WEVENT=OFF").endswith(OK)  # a change writes every setting
+            assert again.cmd("AT+WEVENT=ON").endswith(OK)
             assert settings_file(again) == DEFAULTS
+
+
+# Drivers send their whole configuration at every start: what does not change is not written
+# (no flash wear, no heap for the file's write in a full heap).
+def test_a_setting_that_does_not_change_is_not_written(monkeypatch, tmp_path):
+    writes = []
+    monkeypatch.setattr(settings, "write_file", lambda path, data: writes.append(dict(data)))
+    monkeypatch.chdir(tmp_path)  # no settings file: factory defaults
+    st = settings.Settings()
+    st.load()
+    st.set("wevent", DEFAULTS["wevent"])
+    st.update({"mqtt_pub": list(DEFAULTS["mqtt_pub"]), "wevent": DEFAULTS["wevent"]})
+    assert writes == []
+    st.set("mqtt_pub", ["a/b", 1])
+    st.set("mqtt_pub", ["a/b", 1])
+    assert [w["mqtt_pub"] for w in writes] == [["a/b", 1]]

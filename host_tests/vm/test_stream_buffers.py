@@ -1,13 +1,14 @@
 # MicroPython VM: in a fragmented heap the stream buffers (firmware/aio.py buffer()) are
-# smaller ones and their feature keeps working; in a full heap the MemoryError reaches the
-# caller (which reports it). A link's pull buffer (2 KB, down to 256 bytes) and MQTT's receive
+# smaller ones and their feature keeps working, and so in a heap where the whole one would
+# leave less than its room free; in a full heap the MemoryError reaches the caller (which
+# reports it). A link's pull buffer (2 KB, down to 256 bytes) and MQTT's receive
 # buffer (4.4 KB, down to 1 KB, made by AT+MQTTSTART). Run with MICROPYPATH=host/board and the
 # repo root as argument; prints OK at the end.
 import gc
 import sys
 
 sys.path.insert(0, sys.argv[1])  # the repo root
-from firmware import ctx, links, mqtt
+from firmware import aio, ctx, links, mqtt
 
 ctx.mqtt_error = ""
 ctx.settings = {"mqtt_ssl": False}  # AT+MQTTSTART reads it: a TLS session makes its context first
@@ -69,4 +70,9 @@ session.start()
 assert 1024 <= len(session._rx.space()) < 4096, len(session._rx.space())
 session.close()
 refused(700, session.start)
+
+empty()
+free = gc.mem_free()
+assert len(aio.buffer(4096, 1024, free - 4096 + 16)) == 2048  # the whole would leave 16 too few
+assert len(aio.buffer(4096, 4096, free)) == 4096  # the least is taken whatever it leaves
 print("OK")

@@ -116,12 +116,13 @@ fuzz: $(STAMP) deps
 	EMW_PORT=$(TARGET) EMW_BAUD=$(BAUD) SERVER_IP=$(SERVER_IP) $(PY) -m host_tests.fuzz \
 		--lines $(LINES) --seed $(SEED) --heap $(HEAP)
 
-# DURATION seconds of mixed traffic (host_tests/soak.py): build/soak.csv and build/soak.png.
+# DURATION seconds of mixed traffic (host_tests/soak.py): build/soak.csv and build/soak.png;
+# TURN=1: every feature in turn, one round per sample (build/soak-turn.csv, .png).
 DURATION ?= 3600
 .PHONY: soak
 soak: $(STAMP) deps
 	EMW_PORT=$(TARGET) EMW_BAUD=$(BAUD) SERVER_IP=$(SERVER_IP) $(PY) -m host_tests.soak \
-		--duration $(DURATION) --heap $(HEAP)
+		--duration $(DURATION) --heap $(HEAP) $(if $(TURN),--in-turn)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

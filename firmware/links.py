@@ -7,7 +7,7 @@ import socket
 
 from micropython import const
 
-from firmware import aio, ctx, events, log, settings, tls, wifi
+from firmware import aio, at, ctx, events, log, settings, tls, wifi
 from firmware.at import E_FAIL, E_PARAM, E_STATE, E_TIMEOUT, E_UNSUPPORTED, AtError
 
 TYPES = ("tcp_server", "tcp_client", "ssl_client", "udp_broadcast", "udp_unicast")
@@ -440,6 +440,19 @@ def open_link(lid, typ, host, rport, lport, remember=True):
         stored = list(ctx.settings["links"])
         stored[lid] = [typ, host or "", rport, lport]
         ctx.settings.set("links", stored)
+
+
+# AT+CIPSTOP=<id>[,<remote port>] (its row is in commands/tcpip.py; here so that it runs
+# without that module, registry.get). OK even for an id that was never started: drivers stop
+# ids 0..4 at start-up (wire notes).
+def at_cipstop(p):
+    at.count(p, 1, 2)
+    lid = at.integer(p, 0, 0, COUNT - 1)
+    link = get(lid)
+    if len(p) == 2 and link.type == "tcp_server" and link.state != CLOSE:
+        link.drop_client(link.peer(at.integer(p, 1, 1, 65535)))
+    else:
+        close_link(lid)
 
 
 def close_link(lid):

@@ -39,14 +39,16 @@ _RX = const(4096 + 256 + 9)  # a received packet: 4 KB of payload, topic, header
 # In a heap fragmented past _RX, the largest half of it found, down to this: a session whose
 # longer packets are dropped (and logged) beats none.
 _RX_MIN = const(1024)
-# And the largest half that leaves this much free beside it: for the transmit buffer, the
-# connection's objects (socket, TLS, tasks: ~2.5 KB) and the host's commands. At 110k, MQTT
-# over TLS after every other feature was used once got the whole buffer and left ~1.5 KB:
-# AT+MQTTPUB then ran out of memory.
+# And the largest half that leaves this much free beside it: for the transmit buffer (_TX_MIN
+# for most configurations), the connection's objects (socket, TLS, tasks: ~2.5 KB) and the
+# host's commands. At 110k, MQTT over TLS after every other feature was used once got the
+# whole buffer and left ~1.5 KB: AT+MQTTPUB then ran out of memory.
 _ROOM = const(7168)
-# Packets to send: CONNECT with the longest id and credentials, SUBSCRIBE of six filters, a
-# PUBLISH's header (its payload is written from the data phase's buffer).
-_TX = const(1600)
+# Packets to send: at least a SUBSCRIBE of one filter or a PUBLISH's header with the longest
+# topic (a payload is written from the data phase's buffer), and as much as the stored
+# configuration's CONNECT and SUBSCRIBE take (_tx_size): 1.6 KB for the longest, about 300
+# bytes for most.
+_TX_MIN = const(TOPIC_MAX + 16)
 
 # Result words (AT+MQTTSTATUS, +MQTTEVENT); the connection status is one of the first five.
 CONNECTED = "CONNECT,SUCCESS"
@@ -82,6 +84,20 @@ def sub(i):
     if e and len(e) == 2 and isinstance(e[0], str) and e[0] and e[1] in (0, 1, 2):
         return e[0], e[1]
     return None
+
+
+# Bytes of the packet buffer for the stored configuration: CONNECT with its id (the module's
+# own: 16) and credentials, SUBSCRIBE of its filters, and at least _TX_MIN.
+def _tx_size():
+    st = ctx.settings
+    user, pswd = st["mqtt_auth"]
+    n = 21 + (len(st["mqtt_cid"].encode()) or 16) + len(user.encode()) + len(pswd.encode())
+    m = 7
+    for i in range(SUBS):
+        e = sub(i)
+        if e:
+            m += 3 + len(e[0].encode())
+    return max(_TX_MIN, n, m)
 
 
 def store_sub(i, entry):
@@ -167,7 +183,7 @@ class Session:
                 pass  # no certificate: the attempt says so (CONNECT,INIT_ERROR)
             gc.collect()  # the certificates' garbage: what is free is counted (_ROOM)
             buf = aio.buffer(_RX, _RX_MIN, _ROOM)
-            tx = bytearray(_TX)
+            tx = bytearray(_tx_size())
             rx = mqttpkt.Reader(buf)
             if len(buf) < _RX:
                 log.warn(
@@ -307,6 +323,9 @@ class Session:
             a = self._addr = (host, port, ai[-1])
         user, pswd = st["mqtt_auth"]
         cid = st["mqtt_cid"] or "EMW_" + wifi.mac_text(wifi.station.wlan.config("mac"), "")
+        if len(self._tx) < _tx_size():  # configured longer since AT+MQTTSTART
+            self._tx = None
+            self._tx = bytearray(_tx_size())
         s = self._sock = socket.socket()
         try:
             # A packet goes out in two writes (head, then the payload in place): with Nagle's
@@ -676,6 +695,13 @@ async def _autostart():
     if s.status == CLOSED and s._task is None:
         s.start()
     _auto = None  # done: the task can go
+
+
+# AT+MQTTCLOSE (its row is in commands/mqtt.py; here so that it runs without that module,
+# registry.get): CLOSE,SUCCESS if a session was started.
+def at_mqttclose():
+    if get().close():
+        events.emit("MQTTEVENT", CLOSED)
 
 
 # Nothing runs: no session started, none waiting to auto-start (registry.py may release this

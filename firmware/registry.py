@@ -152,12 +152,22 @@ _loaded = {}  # group -> the modules its imports brought in, until the group is 
 
 
 # The (test, query, set, bare) handlers of a command: its row in its group's COMMANDS, the
-# group loaded first if it is not. None for an unknown name.
+# group loaded first if it is not. None for an unknown name. When the group's command module
+# cannot load (MemoryError), a running feature's own handler of the command, at_<name> in its
+# feature module: so a stop command (AT+MQTTCLOSE, AT+CIPSTOP) works in a heap the feature has
+# filled, where its command module, released meanwhile, has no room to load again.
 def get(name):
     found = entry(name)
     if found is None:
         return None
-    return load(found[0]).COMMANDS[name]
+    try:
+        return load(found[0]).COMMANDS[name]
+    except MemoryError:
+        fn = getattr(sys.modules.get(_IDLE.get(found[0])), "at_" + name.lower(), None)
+        if fn is None:
+            raise
+        forms = found[1].split(",")
+        return tuple(fn if f in forms else None for f in ("=?", "?", "=", ""))
 
 
 # Import a group's command module unless it is loaded (its feature modules may be already:

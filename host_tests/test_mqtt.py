@@ -358,6 +358,15 @@ def test_auth_start_close(module, tmp_path):
         w.error("AT+MQTTSEND=3", b"abc")  # not connected: the data is taken, then ERROR
         assert w.one("AT+MQTTSTATUS=publish") == "+MQTTSTATUS:PUBLISH,FAIL"
         w.quiet(0.3)
+        # The longest id and six long filters: the packet buffer, sized at AT+MQTTSTART to the
+        # stored configuration, takes their CONNECT (1.6 KB at most) and SUBSCRIBE.
+        w.ok("AT+MQTTCID=" + "c" * 256)
+        for i in range(6):
+            w.ok(f"AT+MQTTSUB={i},{'f' * 250}/{i},1")
+        connect(w, *range(6))
+        wait_log(b, "as " + "c" * 256)
+        w.ok("AT+MQTTCLOSE")
+        w.expect("+MQTTEVENT:CLOSE,SUCCESS")
 
 
 # ----- messages

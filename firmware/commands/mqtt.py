@@ -87,11 +87,6 @@ def _start():
     mqtt.get().start()
 
 
-def _close():
-    if mqtt.get().close():
-        events.emit("MQTTEVENT", mqtt.CLOSED)
-
-
 def _sub_query():
     lines = [None]
     for i in range(mqtt.SUBS):
@@ -223,6 +218,6 @@ COMMANDS = {
     "MQTTSEND": setter(_send_set),
     "MQTTUNSUB": setter(_unsub_set),
     "MQTTSTATUS": setter(_status_set),
-    "MQTTCLOSE": action(_close),
+    "MQTTCLOSE": action(mqtt.at_mqttclose),
     "MQTTERR": reading(_err_query),
 }

@@ -58,17 +58,6 @@ def _start(p):
     links.open_link(lid, typ, host, rport, lport)
 
 
-# OK even for an id that was never started: drivers stop ids 0..4 at start-up (wire notes).
-def _stop(p):
-    at.count(p, 1, 2)
-    lid = _id(p)
-    link = links.get(lid)
-    if len(p) == 2 and link.type == "tcp_server" and link.state != links.CLOSE:
-        link.drop_client(link.peer(_port(p, 1)))
-    else:
-        links.close_link(lid)
-
-
 def _status(p):
     at.count(p, 1)
     link = links.get(_id(p))
@@ -253,7 +242,7 @@ COMMANDS = {
     "CIPAUTOCONN": setter(_autoconn),
     "CIPSSLOPT": setter(_sslopt),
     "CIPSTART": setter(_start),
-    "CIPSTOP": setter(_stop),
+    "CIPSTOP": setter(links.at_cipstop),
     "CIPSTATUS": setter(_status),
     "CIPSEND": setter(_send),
     "CIPSENDRAW": action(_sendraw),

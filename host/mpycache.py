@@ -27,6 +27,9 @@ def compile_tree(mpy_cross: str, src: Path, out: Path, label: str) -> None:
     The board imports .mpy files, so the firmware's heap use on the PC should not include
     compiling source at import time. A file that does not compile is left as source: importing
     it then shows the error in the console, as it would on the board.
+
+    A module's source name is label/<its path>.mpy: with label the folder the VM imports it
+    from, the name is the path py/builtinimport.c interns for __file__, one name, not two.
     """
     for py in src.rglob("*.py"):
         mpy = out / py.relative_to(src).with_suffix(".mpy")
@@ -36,7 +39,7 @@ def compile_tree(mpy_cross: str, src: Path, out: Path, label: str) -> None:
             continue
         mpy.parent.mkdir(parents=True, exist_ok=True)
         tmp = mpy.with_name(f"{mpy.name}.{os.getpid()}.tmp")
-        name = f"{label}/{py.relative_to(src)}"
+        name = f"{label}/{py.relative_to(src).with_suffix('.mpy')}"
         r = subprocess.run(
             [mpy_cross, "-s", name, "-o", str(tmp), str(py)],
             capture_output=True,

@@ -340,8 +340,9 @@ def run(h: Host, phone: Phone | None, n: int, steps: Steps, failed: list[str]) -
 # The features that fit at HEAP=110k, in turn (one TLS link), three rounds in one boot: every
 # step works, rounds 2 and 3 end with AT+MEMFREE where round 1 ended (within 2%: the registry
 # releases the modules of stopped features, firmware/registry.py), and every round ends within
-# 10% of the value after boot (90.3 to 90.9%): the first round keeps 5.3k VM bytes for the
-# boot, mostly its groups' interned names' text, which MicroPython never frees (README, Memory).
+# 10% of the value after boot (91.4%; 89.8 to 90.9% when each module's path cost two names,
+# host/mpycache.py): the first round keeps 5.0k VM bytes for the boot, mostly its groups'
+# interned names' text, which MicroPython never frees (README, Memory).
 @pytest.mark.timeout(300)
 def test_memory_comes_back(tmp_path: Path, world: dict) -> None:
     failed: list[str] = []

@@ -73,8 +73,8 @@ async def accept(s):
 
 
 # Write every byte to a non-blocking socket, TLS included (whose writes may need the handshake
-# to progress, so polling rather than writable()). OSError(ETIMEDOUT) after idle_ms without
-# progress, if idle_ms is given.
+# to progress, so polling rather than writable()). OSError(ETIMEDOUT, bytes written) after
+# idle_ms without progress, if idle_ms is given.
 async def write_all(s, data, idle_ms=0):
     mv = memoryview(data)
     t0 = time.ticks_ms()
@@ -84,7 +84,7 @@ async def write_all(s, data, idle_ms=0):
             mv = mv[n:]
             t0 = time.ticks_ms()
         elif idle_ms and time.ticks_diff(time.ticks_ms(), t0) > idle_ms:
-            raise OSError(errno.ETIMEDOUT)
+            raise OSError(errno.ETIMEDOUT, len(data) - len(mv))
         else:
             await asyncio.sleep_ms(_SPIN_MS)
 

@@ -365,12 +365,38 @@ class Link:
         # Polled, not wait_for(writable(s)): asyncio's IOQueue.remove, run when such a wait is
         # cancelled, unregisters the whole socket, the reader task's wait included, and then a
         # reset by the peer would go unseen.
+        peer = peer or self.peers[0]
         try:
-            await aio.write_all((peer or self.peers[0]).sock, data, _SEND_WAIT_MS)
+            await aio.write_all(peer.sock, data, _SEND_WAIT_MS)
         except OSError as e:
-            if e.args[0] == errno.ETIMEDOUT:  # write_all's (a socket's own is in aio.BUSY)
+            if e.args[0] != errno.ETIMEDOUT:  # write_all's (a socket's own is in aio.BUSY)
+                raise AtError(E_FAIL, "send: " + _reason(e))
+            if not e.args[1]:
                 raise AtError(E_TIMEOUT, "send: peer does not take data")
-            raise AtError(E_FAIL, "send: " + _reason(e))
+            self._cut(peer)
+            raise AtError(
+                E_TIMEOUT,
+                "send: peer does not take data, {} of {} bytes sent, link closed".format(
+                    e.args[1], len(data)
+                ),
+            )
+
+    # A send gave up with part of its data out (lwIP holds 5.7 KB per connection: a peer that
+    # stops reading leaves most sends so): what follows would not join what the peer got, and a
+    # host that sends it again would repeat that part. So the stream ends, as at a reset:
+    # +CIPEVENT:<id>,SERVER,DISCONNECTED (a client of a server: CLIENT,CLOSED), and a client
+    # link with AT+CIPAUTOCONN on connects again.
+    def _cut(self, peer):
+        if self.type == "tcp_server":
+            self.drop_client(peer)
+            return
+        self.error = "peer does not take data"
+        self.task.cancel()
+        self._drop()
+        self.task = None
+        if ctx.settings["autoconn"][self.id]:
+            self.state = CONNECTING
+            self.task = aio.task(self._run())
 
     # Transparent mode (AT+CIPSENDRAW): the engine hands each UART frame to write().
     async def write(self, frame):

@@ -4,6 +4,7 @@
 #   does it for the virtual module: host/board/esp32_errno.py); elsewhere the unix port's;
 # - a second connect() on an established socket raises EISCONN (esp-lwip api_msg.c,
 #   lwip_netconn_do_connect: ERR_ISCONN), where Linux answers 0 once;
+# - a TCP connection holds lwIP's send buffer, not Linux's (_LWIP_SND_BUF);
 # - getaddrinfo() of a name fails before an interface is up: lwIP has no DNS server then
 #   (lwip_getaddrinfo answers EAI_FAIL, raised as OSError(-202) by _getaddrinfo_inner).
 # The virtual module's addresses are not the PC's: the launcher passes EMW_NETMAP, rules
@@ -39,6 +40,11 @@ _MP_STREAM_GET_FILENO = const(10)
 _EISCONN_NEWLIB = const(127)
 _EISCONN_LINUX = const(106)
 _EAI_FAIL = const(-202)  # lwIP netdb.h EAI_FAIL, negated by modsocket.c
+# What a TCP connection holds unsent or unacknowledged: lwIP's TCP_SND_BUF, ESP-IDF's
+# CONFIG_LWIP_TCP_SND_BUF_DEFAULT (5760; ports/esp32/boards/sdkconfig.base keeps it). Linux grows
+# a socket's to 4 MB: a peer that stops reading stalled a send only after megabytes.
+_LWIP_SND_BUF = const(5760)
+_SO_SNDBUF = const(7)  # Linux's; the unix port's socket module does not export it
 
 # Linux errno -> newlib errno (ESP-IDF sys/errno.h), where they differ
 _LINUX_TO_NEWLIB = {
@@ -101,6 +107,8 @@ def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
 class socket(io.IOBase):
     def __init__(self, af=AF_INET, type=SOCK_STREAM, proto=0, _raw=None):
         self.raw = _Socket(af, type, proto) if _raw is None else _raw
+        if _raw is None and type == SOCK_STREAM:  # accepted ones inherit it
+            self.raw.setsockopt(SOL_SOCKET, _SO_SNDBUF, _LWIP_SND_BUF // 2)  # Linux doubles it
         self._pending = False  # a non-blocking connect() is under way
 
     def close(self):

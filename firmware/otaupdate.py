@@ -306,13 +306,16 @@ async def _update(version):
         await _install(version)
     except Exception as e:
         # Whatever went wrong, the host hears FAIL and AT+OTASTART works again (once the
-        # staging folder is gone: the next update would remove it too).
-        reason, detail = _failure(e)
+        # staging folder is gone: the next update would remove it too). Idle even if this
+        # runs out of memory: else the update ran for ever and kept its modules for the boot.
         try:
-            await _remove(_NEW)
-        except OSError as e2:
-            log.info("ota: cannot remove {}: {!r}".format(_NEW, e2))
-        _task = None
+            reason, detail = _failure(e)
+            try:
+                await _remove(_NEW)
+            except OSError as e2:
+                log.info("ota: cannot remove {}: {!r}".format(_NEW, e2))
+        finally:
+            _task = None
         ctx.serial.last_error = (at.E_FAIL, "OTA {}: {}".format(reason, detail))
         events.emit("OTAEVENT", "FAIL," + reason)
         log.info("ota: {} failed: {} {}".format(version, reason, detail))

@@ -72,6 +72,14 @@ async def accept(s):
         return c, addr
 
 
+# Let tasks just cancelled end: until they run once more they hold what they used (a session,
+# its buffers, the module of their code, which registry.release() has let go). A cancel that
+# asyncio.wait_for passes on to the task it waits for takes a second pass.
+async def settle():
+    await asyncio.sleep_ms(0)
+    await asyncio.sleep_ms(0)
+
+
 # Write every byte to a non-blocking socket, TLS included (whose writes may need the handshake
 # to progress, so polling rather than writable()). OSError(ETIMEDOUT, bytes written) after
 # idle_ms without progress, if idle_ms is given.

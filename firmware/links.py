@@ -470,7 +470,8 @@ def open_link(lid, typ, host, rport, lport, remember=True):
 
 # AT+CIPSTOP=<id>[,<remote port>] (its row is in commands/tcpip.py; here so that it runs
 # without that module, registry.get). OK even for an id that was never started: drivers stop
-# ids 0..4 at start-up (wire notes).
+# ids 0..4 at start-up (wire notes). OK once the link's tasks have ended: what they held is
+# free for the host's next command.
 def at_cipstop(p):
     at.count(p, 1, 2)
     lid = at.integer(p, 0, 0, COUNT - 1)
@@ -479,6 +480,7 @@ def at_cipstop(p):
         link.drop_client(link.peer(at.integer(p, 1, 1, 65535)))
     else:
         close_link(lid)
+    return aio.settle()
 
 
 def close_link(lid):

@@ -323,9 +323,10 @@ class Session:
             a = self._addr = (host, port, ai[-1])
         user, pswd = st["mqtt_auth"]
         cid = st["mqtt_cid"] or "EMW_" + wifi.mac_text(wifi.station.wlan.config("mac"), "")
-        if len(self._tx) < _tx_size():  # configured longer since AT+MQTTSTART
-            self._tx = None
-            self._tx = bytearray(_tx_size())
+        size = _tx_size()
+        if len(self._tx) < size:  # configured longer since AT+MQTTSTART
+            self._tx = None  # the old one can go before the new one is made
+            self._tx = bytearray(size)
         s = self._sock = socket.socket()
         try:
             # A packet goes out in two writes (head, then the payload in place): with Nagle's
@@ -698,10 +699,12 @@ async def _autostart():
 
 
 # AT+MQTTCLOSE (its row is in commands/mqtt.py; here so that it runs without that module,
-# registry.get): CLOSE,SUCCESS if a session was started.
-def at_mqttclose():
+# registry.get): CLOSE,SUCCESS if a session was started. OK once the session's tasks have
+# ended: what they held is free for the host's next command.
+async def at_mqttclose():
     if get().close():
         events.emit("MQTTEVENT", CLOSED)
+    await aio.settle()
 
 
 # Nothing runs: no session started, none waiting to auto-start (registry.py may release this

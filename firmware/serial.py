@@ -17,7 +17,7 @@ from asyncio import wait_for_ms
 from micropython import const
 
 from firmware import at, log
-from firmware.aio import readable
+from firmware.aio import readable, settle
 from firmware.at import AtError
 
 LINE_MAX = const(1024)  # longest command line; a longer one is answered ERROR
@@ -257,7 +257,7 @@ class Serial:
     # AT+SNTPCFG right after AT+MQTTCLOSE, out of memory with 7 KB held): they run, then the
     # group loads again. A second MemoryError is the command's.
     async def _retry(self, name, op, params):
-        await asyncio.sleep_ms(0)
+        await settle()
         res = self._call(self._table.get(name), name, op, params)
         return (await res) if hasattr(res, "send") else res
 

@@ -1,10 +1,9 @@
 # Section 1 of the spec: system commands, and the error-detail extension.
-import asyncio
 import gc
 
 import machine
 
-from firmware import at, board, ctx, registry, serial, settings
+from firmware import aio, at, board, ctx, registry, serial, settings
 from firmware.version import VERSION
 
 
@@ -58,10 +57,8 @@ def _systime():
 
 
 # The free heap once idle groups are released (registry.py): what the host can count on.
-# Tasks just cancelled (AT+MQTTCLOSE, AT+CIPSTOP) keep their state until they run once more:
-# they do first, so what a stopped feature held counts as free.
 async def _memfree():
-    await asyncio.sleep_ms(0)
+    await aio.settle()
     registry.release()
     gc.collect()
     return "+MEMFREE:{}".format(gc.mem_free())

@@ -25,7 +25,7 @@ import json
 import bluetooth
 from micropython import const
 
-from firmware import aio, ctx, events, log, settings
+from firmware import aio, at, ctx, events, log, settings
 from firmware.at import E_FAIL, E_STATE, E_TIMEOUT, AtError
 from firmware.btid import mac, name
 
@@ -374,6 +374,18 @@ def _stop():
     radio.power_off()
     radio = None
     log.info("bt: down")
+
+
+# AT+BTDISCOVERY=ON|OFF (its row is in commands/bt.py; here so that OFF runs without that
+# module, registry.get): off, the radio goes down unless a phone is connected.
+def at_btdiscovery(p):
+    at.count(p, 1)
+    on = at.on_off(p, 0)
+    if on:
+        start()
+    ctx.settings.set("bt_on", on)
+    if radio is not None:
+        radio.advertise(on)
 
 
 def state():

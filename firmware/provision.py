@@ -558,6 +558,17 @@ def stop():
         wifi.station.join()
 
 
+# AT+SMARTSTOP=<type> (the spec) or AT+SMARTSTOP (its row is in commands/provision.py; here so
+# that it runs without that module, registry.get): OK when none runs and its tasks have ended
+# (what they held is free for the host's next command).
+async def at_smartstop(p=None):
+    if p is not None:
+        at.count(p, 1)
+        at.integer(p, 0, 1, 5)
+    stop()
+    await aio.settle()
+
+
 # Give the soft AP back to the host's AT+WSAP settings, or turn it off (announced only if
 # the set-up AP was).
 def _restore_ap(announced):

@@ -57,16 +57,6 @@ def _discovery():
     return "+BTDISCOVERY:" + at.word(ctx.settings["bt_on"])
 
 
-def _discovery_set(p):
-    at.count(p, 1)
-    on = at.on_off(p, 0)
-    if on:
-        bt.start()
-    ctx.settings.set("bt_on", on)
-    if bt.radio is not None:
-        bt.radio.advertise(on)  # off: the radio goes down unless a phone is connected
-
-
 def _event():
     return "+BTEVENT=" + ("EN" if ctx.settings["btevent"] else "DN")
 
@@ -99,7 +89,7 @@ COMMANDS = {
     "BTNAME": value(_name, _name_set),
     "BTPASSKEY": value(_passkey, _passkey_set),
     "BTMAC": reading(_mac),
-    "BTDISCOVERY": value(_discovery, _discovery_set),
+    "BTDISCOVERY": value(_discovery, bt.at_btdiscovery),
     "BTEVENT": value(_event, _event_set),
     "BTSTATE": reading(_state),
     "BTSEND": setter(_send),

@@ -4,7 +4,7 @@
 # network module does not expose: AT+SMARTSTART=1..4 answers ERROR, AT+ERRNO says why.
 # Extensions: AT+SMARTSTART? (which type runs, 0 = none), AT+SMARTKEY (the set-up AP's
 # key), AT+SMARTHTTP (where the set-up page listens), AT+SMARTCFG? (the stored AirKiss ids).
-from firmware import aio, at, ctx, provision
+from firmware import at, ctx, provision
 from firmware.at import AtError
 from firmware.commands.system import secret, value
 
@@ -26,19 +26,6 @@ def _start_set(p):
             "expose; use 5 (SoftAP)".format(kind),
         )
     provision.start()
-
-
-# AT+SMARTSTOP=<type> (the spec) or AT+SMARTSTOP: ends provisioning; OK when none runs and
-# its tasks have ended (what they held is free for the host's next command).
-async def _stop():
-    provision.stop()
-    await aio.settle()
-
-
-def _stop_set(p):
-    at.count(p, 1)
-    at.integer(p, 0, 1, 5)
-    return _stop()
 
 
 def _cfg_query():
@@ -86,7 +73,7 @@ def _http_set(p):
 
 COMMANDS = {
     "SMARTSTART": (_start_query, _start_query, _start_set, None),
-    "SMARTSTOP": (None, None, _stop_set, _stop),
+    "SMARTSTOP": (None, None, provision.at_smartstop, provision.at_smartstop),
     "SMARTCFG": value(_cfg_query, _cfg_set),
     "SMARTKEY": value(_key_query, _key_set),
     "SMARTHTTP": value(_http_query, _http_set),

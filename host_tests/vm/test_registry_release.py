@@ -83,7 +83,10 @@ for name in ("firmware.mqtt", "firmware.mqttpkt", "firmware.sntp", "firmware.com
 assert "firmware.commands.system" in sys.modules and registry.get("FWVER") is not None
 
 # Every group with a feature: while it runs (idle() made False here), only its command module
-# goes, the memory comes back, and its next command imports it again.
+# goes, the memory comes back, and its next command imports it again. In a heap too full for
+# that, its stop command is the feature module's handler (set and bare forms only).
+STOPS = {"tcpip": ("CIPSTOP", "at_cipstop", (0, 0, 1, 0)), "bt": ("BTDISCOVERY", "at_btdiscovery",
+         (0, 0, 1, 0)), "provision": ("SMARTSTOP", "at_smartstop", (0, 0, 1, 1))}  # fmt: skip
 for group, command in (("tcpip", "CIPSTART"), ("bt", "BTSTATE"), ("provision", "SMARTSTART"),
                        ("ota", "OTASTART")):  # fmt: skip
     registry.load(group)
@@ -98,6 +101,13 @@ for group, command in (("tcpip", "CIPSTART"), ("bt", "BTSTATE"), ("provision", "
     assert name not in sys.modules, group
     assert sys.modules[registry._IDLE[group]] is owner, group
     assert freed > 1500, (group, freed)
+    if group in STOPS:
+        command_name, handler, forms = STOPS[group]
+        fn = getattr(owner, handler)
+        use, registry.use = registry.use, full
+        assert registry.get(command_name) == tuple(fn if f else None for f in forms), group
+        registry.use = use
+        fn = None
     registry.get(command)
     assert name in sys.modules and name in registry._loaded[group], group
     owner.idle = lambda: True

@@ -346,6 +346,12 @@ class Link:
         if self.state not in (CONNECTED, CONNECTING):
             raise AtError(E_STATE, "link {} is {}".format(self.id, self.state))
         if self.type == "tcp_server":
+            if port is None:  # a driver that knows of one client names none
+                if len(self.peers) == 1:
+                    return self.peers[0]
+                if not self.peers:
+                    raise AtError(E_STATE, "no client connected")
+                raise AtError(E_PARAM, "{} clients: give the remote port".format(len(self.peers)))
             for p in self.peers:
                 if p.port == port:
                     return p

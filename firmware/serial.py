@@ -22,6 +22,7 @@ from firmware.at import AtError
 
 LINE_MAX = const(1024)  # longest command line; a longer one is answered ERROR
 DATA_MAX = const(4096)  # longest buffered data phase (CIPSEND, MQTTSEND...)
+LENGTH_MAX = const(0x3FFFFFFF)  # a longer <len> is refused at once; up to it, read and refused
 _CHUNK = const(512)  # UART read size
 _DATA_IDLE_MS = const(5000)  # a data phase that receives nothing this long fails
 _STARVED_MS = const(10)  # out of memory for even a read's wait: poll the UART this often
@@ -48,14 +49,16 @@ _OOM = (at.E_INTERNAL, "out of memory")
 # Streaming form, for data larger than RAM allows: with `sink` (an object with write(mv) and
 # abort()), each piece goes to sink.write as it arrives and done(None) ends the phase;
 # abort() is called instead when the phase fails. A phase that fails part-way (too long, a
-# sink error) is still read up to its end and answered once.
+# sink error) is still read up to its end and answered once. So is a command refused before
+# its data (`error`, no done): drivers write the data with the command, without waiting for
+# ">" (wire notes), and data is never run as commands.
 class DataPhase:
-    def __init__(self, length, done, end=None, sink=None):
+    def __init__(self, length, done, end=None, sink=None, error=None):
         self.length = length
         self.done = done
         self.end = end
         self.sink = sink
-        self.error = None  # what failed the phase part-way (it is still read to its end)
+        self.error = error  # what failed the phase (it is still read to its end)
 
 
 # A response line too long to hold whole (AT+SSLCERTGET of a 16 KB chain): its head, then its
@@ -269,12 +272,14 @@ class Serial:
             raise AtError(at.E_OP, "AT+{} has no such form".format(name))
         return handler(params) if op == at.SET else handler()
 
-    # A handler's result: a data phase begins, or the response ends. Raises AtError for a
-    # data phase of a length the engine cannot take.
+    # A handler's result: a data phase begins, or the response ends. A data phase longer than
+    # the engine takes is read to its end all the same, then refused.
     def _settle(self, res):
         if isinstance(res, DataPhase):
-            if res.end is None and res.sink is None and not 0 < res.length <= DATA_MAX:
-                raise AtError(at.E_PARAM, "data length must be 1..{}".format(DATA_MAX))
+            if res.end is None and res.sink is None and res.length > DATA_MAX:
+                res.error = res.error or AtError(
+                    at.E_PARAM, "data length must be 1..{}".format(DATA_MAX)
+                )
             self._phase = res
             self._got = 0
             self._uart.write(b">")  # the response stays open until the data is in

@@ -262,7 +262,7 @@ BAD = [
     "AT+MQTTSUB=0,a/#/b,0", "AT+MQTTSUB=0,a+,0", "AT+MQTTSUB=0,t", "AT+MQTTSUB=0,t,1,1",
     "AT+MQTTSUB=0," + "t" * 257 + ",0",
     "AT+MQTTPUB=t", "AT+MQTTPUB=t,3", "AT+MQTTPUB=a/+,0", "AT+MQTTPUB=a/#,0", "AT+MQTTPUB=,0",
-    "AT+MQTTSEND=0", "AT+MQTTSEND=4097", "AT+MQTTSEND=x", "AT+MQTTSEND", "AT+MQTTSEND=1,1",
+    "AT+MQTTSEND=0", "AT+MQTTSEND=x", "AT+MQTTSEND", "AT+MQTTSEND=1,1",
     "AT+MQTTUNSUB=6", "AT+MQTTUNSUB=", "AT+MQTTUNSUB=0,1", "AT+MQTTUNSUB",
     "AT+MQTTSTATUS=foo", "AT+MQTTSTATUS=subscribe", "AT+MQTTSTATUS=subscribe,6",
     "AT+MQTTSTATUS=connect,1", "AT+MQTTSTATUS=publish,0", "AT+MQTTSTATUS",
@@ -413,6 +413,9 @@ def test_publish_receive_qos_binary(module, broker, tmp_path):
     w.ok("AT+MQTTPUB=out/big,1")
     w.ok("AT+MQTTSEND=4096", big)
     w.expect("+MQTTEVENT:PUBLISH,SUCCESS")
+    w.error("AT+MQTTSEND=4097", b"\rAT+UARTE=ON\r".ljust(4097))  # taken, never run: ERROR
+    assert w.one("AT+ERRNO") == "+ERRNO:5,data length must be 1..4096"
+    assert w.one("AT+UARTE?") == "+UARTE:OFF"
     got, _ = sub.communicate(timeout=15)
     assert got.splitlines() == [
         f"out/q0 0 {BIN.hex()}", f"out/q0 0 {TRICKY.hex()}", f"out/q1 1 {BIN.hex()}",

@@ -12,7 +12,8 @@
 #                                                   would be taken for an event by drivers)
 #   AT+BTSTATE[?|=?]      +BTSTATE:CONNECTED|DISCONNECTED|DISCOVERABLE
 #   AT+BTSEND=<len>       >, then exactly <len> bytes (1..4096, binary), then OK once every
-#                         byte has left as notifications; ERROR at once without a paired phone
+#                         byte has left as notifications; ERROR after the data without a
+#                         paired phone
 #   AT+BTSENDRAW          OK, then transparent mode both ways until +++ (starts advertising)
 # Events (gated by AT+BTEVENT, never inside a response):
 #   \r\n+BTEVENT:CONNECTION,ON\r\n    a phone connected and is paired (or bonded and encrypted)
@@ -72,10 +73,13 @@ def _state():
 
 def _send(p):
     at.count(p, 1)
-    n = at.integer(p, 0, 1, serial.DATA_MAX)
+    return serial.DataPhase(at.integer(p, 0, 1, serial.LENGTH_MAX), _send_data)
+
+
+def _send_data(data):
     if bt.state() != bt.CONNECTED:
         raise AtError(at.E_STATE, "no phone connected")
-    return serial.DataPhase(n, bt.radio.send)
+    return bt.radio.send(data)
 
 
 # Transparent mode both ways, once the OK is out; starts advertising (the spec).

@@ -1,9 +1,9 @@
 # Section 9 of the spec: raw Ethernet frames. The document's module (moc108) hands raw frames
 # to the host; MicroPython on the ESP32 has no raw-frame API (lwIP sockets only), so the mode
 # is always OFF: AT+ENETRAWMODE? answers +ENETRAWMODE:OFF and =OFF is OK, while =ON and
-# AT+ENETRAWSEND answer ERROR (AT+ERRNO says why). ENETRAWSEND answers before any ">", so a
-# host that waits for the prompt sends no data.
-from firmware import at
+# AT+ENETRAWSEND answer ERROR (AT+ERRNO says why). ENETRAWSEND reads its frame first, as any
+# refused data phase (firmware/serial.py): a host may send it without waiting for ">".
+from firmware import at, serial
 from firmware.at import AtError
 from firmware.commands.system import setter, value
 
@@ -22,8 +22,8 @@ def _mode_set(p):
 
 def _send_set(p):
     at.count(p, 1)
-    at.integer(p, 0, 1, 1 << 16)
-    raise AtError(at.E_UNSUPPORTED, _WHY)
+    length = at.integer(p, 0, 1, serial.LENGTH_MAX)
+    return serial.DataPhase(length, None, error=AtError(at.E_UNSUPPORTED, _WHY))
 
 
 COMMANDS = {

@@ -158,8 +158,7 @@ def _pub_set(p):
 # a publish that cannot go out answers ERROR.
 def _send_set(p):
     at.count(p, 1)
-    n = at.integer(p, 0, 1, serial.DATA_MAX)
-    return serial.DataPhase(n, _send_data)
+    return serial.DataPhase(at.integer(p, 0, 1, serial.LENGTH_MAX), _send_data)
 
 
 async def _send_data(data):

@@ -64,18 +64,16 @@ def _status(p):
     return "+CIPSTATUS:{},{}".format(link.type, link.state)
 
 
-# AT+CIPSEND=<id>[,<remote_port>],<len>: the remote port picks a tcp_server's client.
+# AT+CIPSEND=<id>[,<remote_port>],<len>: the remote port picks a tcp_server's client. The
+# link is looked at once the data is in: a refused send takes its data all the same.
 def _send(p):
     at.count(p, 2, 3)
-    link = links.get(_id(p))
-    port = _port(p, 1) if len(p) == 3 else None
-    length = at.integer(p, len(p) - 1, 1, serial.DATA_MAX)
-    peer = link.peer(port)
 
     def done(data):
-        return link.send(peer, data)
+        link = links.get(_id(p))
+        return link.send(link.peer(_port(p, 1) if len(p) == 3 else None), data)
 
-    return serial.DataPhase(length, done)
+    return serial.DataPhase(at.integer(p, len(p) - 1, 1, serial.LENGTH_MAX), done)
 
 
 # Transparent mode on the lowest connected link; "+++" alone leaves it.
@@ -205,10 +203,14 @@ def _remove(path):
         pass  # gone already
 
 
-# The text streams to flash as it comes (Upload): any length up to CERT_MAX.
+# The text streams to flash as it comes (Upload): any length up to CERT_MAX. Refused, the
+# text is read up to its Ctrl+Z all the same.
 def _certset(p):
-    at.count(p, 1)
-    upload = Upload(at.integer(p, 0, 0, 3))
+    try:
+        at.count(p, 1)
+        upload = Upload(at.integer(p, 0, 0, 3))
+    except (AtError, OSError) as e:
+        return serial.DataPhase(0, None, end=_CTRL_Z, error=e)
     return serial.DataPhase(0, lambda _: upload.commit(), end=_CTRL_Z, sink=upload)
 
 

@@ -124,8 +124,7 @@ async def _housekeeping():
             continue
         held = "firmware.sntp" in sys.modules
         try:
-            from firmware import sntp
-
+            sntp = registry.imported("firmware.sntp")
             await sntp.sync()
             wait, pause = _RETRY_MIN_MS, _RESYNC_MS
         except Exception:  # AtError: no answer (AT+SNTPTIME tells why); MemoryError

@@ -193,10 +193,38 @@ def load(group):
 def use(group, name):
     before = set(sys.modules)
     try:
-        __import__(name)
+        return imported(name)
     finally:
         _loaded.setdefault(group, []).extend([n for n in sys.modules if n not in before])
+
+
+# Import a module (every import the firmware makes after boot comes here). MicroPython takes a
+# module whose import failed out of sys.modules but leaves it in the slot of the dict's table
+# (py/builtinimport.c, unregister_module_from_nlr_jump_callback, v1.24 to v1.28), where it
+# holds the module's code and all it imported until the slot is reused: AT+CIPSTATUS meeting a
+# heap that MQTT filled kept 8 KB, 15 KB once MQTT closed, until a reboot. So after a failure
+# the table is made again, without that slot.
+def imported(name):
+    try:
+        __import__(name)
+    except BaseException:
+        _forget_failed()
+        raise
     return sys.modules[name]
+
+
+def _forget_failed():
+    try:
+        kept = dict(sys.modules)  # its table holds only the modules that are loaded
+    except MemoryError:
+        return  # the slot stays, until the next failure has room for this
+    sys.modules.clear()  # frees the old table: the failed module is garbage now
+    gc.collect()
+    try:
+        sys.modules.update(kept)
+    except MemoryError:  # never seen: the old table's room is free again
+        gc.collect()
+        sys.modules.update(kept)
 
 
 def idle(group):

@@ -72,3 +72,7 @@ def test_release_keeps_running_features(mpy):
 
 def test_a_release_in_a_full_heap_leaves_the_modules_consistent(mpy):
     run_vm_script(mpy, "host_tests/vm/test_release_oom.py", "1m", "host/board")
+
+
+def test_a_failed_import_gives_its_memory_back(mpy):
+    run_vm_script(mpy, "host_tests/vm/test_failed_import.py", "256k", "host/board")

@@ -48,11 +48,12 @@ class Station:
         self.quit(announce=False)
         self._task = asyncio.create_task(self._keep())
 
-    # Leave the AP and stop retrying (AT+WJAPQ).
+    # Leave the AP and stop retrying (AT+WJAPQ); the last failure is history then.
     def quit(self, announce=True):
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        self.error = None
         was_up = self.state == UP
         if self.wlan.active():
             self.wlan.disconnect()

@@ -87,6 +87,8 @@ def test_wrong_password(m):
     assert m.cmd("AT+WJAP=EMW-TEST,wrongpass") == OK
     assert m.read_until(DOWN, timeout=10) == DOWN
     assert m.cmd("AT+WJAPS") == reply(b"+WJAPS:STATION_DOWN,1")
+    assert m.cmd("AT+WJAPQ") == OK
+    assert m.cmd("AT+WJAPS") == reply(b"+WJAPS:STATION_DOWN")  # no attempt, no failure
 
 
 def test_unknown_ssid(m):

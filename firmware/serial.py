@@ -83,6 +83,7 @@ class Serial:
         self._spoiled = None  # why the current line fails (too long, no memory for it): it is
         # discarded up to its end, then answered ERROR with that reason
         self._typing = False  # bytes of an incomplete line came in the last _PARTIAL_MS
+        self._lf_echoed = False  # the LF after the last line's CR was echoed with it
         self._data = memoryview(bytearray(DATA_MAX))
         self._phase = None  # the DataPhase being received, or None in command mode
         self._got = 0  # bytes of the data phase received so far
@@ -175,6 +176,8 @@ class Serial:
         rx = self._rx
         i = self._at
         n = self._n
+        lf_echoed = self._lf_echoed and i < n and rx[i] == 10
+        self._lf_echoed = False
         end = rx.find(_CR, i, n)
         lf = rx.find(_LF, i, n)
         if end < 0 or 0 <= lf < end:
@@ -198,7 +201,12 @@ class Serial:
         if end < 0:
             return None
         self._at = end + 1
-        if echo:
+        # A CR LF that came together is the command's: both echo before its response (wire
+        # notes); the LF, an empty line next, is not echoed again.
+        if echo and rx[end] == 13 and end + 1 < n and rx[end + 1] == 10:
+            self._uart.write(_CRLF)
+            self._lf_echoed = True
+        elif echo and not lf_echoed:
             self._uart.write(_CR if rx[end] == 13 else _LF)
         length = self._len
         self._len = 0
@@ -281,6 +289,7 @@ class Serial:
                     at.E_PARAM, "data length must be 1..{}".format(DATA_MAX)
                 )
             self._phase = res
+            self._lf_echoed = False  # a LF after the CR is data
             self._got = 0
             self._uart.write(b">")  # the response stays open until the data is in
         else:

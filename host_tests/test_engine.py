@@ -47,6 +47,16 @@ def test_echo_acts_on_characters_as_they_arrive(module):
     assert module.read_until(ERROR) == b"\r" + ERROR
 
 
+def test_a_crlf_echoes_before_the_reply(module):
+    # The LF of a CR LF is the command's too: it comes back before the response, and once.
+    module.write(b"AT\r\n")
+    assert module.read_until(OK) == b"AT\r\n" + OK
+    module.write(b"AT+FWVER?\r\nAT\r\n")  # pipelined
+    assert module.read_until(OK) == b"AT+FWVER?\r\n" + reply(FW)
+    assert module.read_until(OK) == b"AT\r\n" + OK
+    module.expect_silence(0.3)
+
+
 def test_uarte_query_forms(module):
     assert module.cmd("AT+UARTE?") == b"AT+UARTE?\r" + reply(b"+UARTE:ON")
     module.cmd("AT+UARTE=OFF")

@@ -340,18 +340,31 @@ class Serial:
         return None
 
     # Transparent mode: frames of AT+UARTFOMAT length go to the sink as they fill up.
+    # Frames of 3 bytes or fewer would send a "+++" before the silence after it could make it
+    # the escape: after a silence the first 3 bytes are held until that is known (another
+    # byte, or the silence).
     async def _take_frame(self, mv):
-        i = self._at
         length = self._settings["uartfomat"][0]
+        if self._got == 3 and length <= 3:  # a held "+++", and more came: data after all
+            await self._send_frames(length)
+        i = self._at
+        want = 3 if self._quiet and length <= 3 else length
         got = self._got
-        k = min(self._n - i, length - got)
+        k = min(self._n - i, want - got)
         self._data[got : got + k] = mv[i : i + k]
-        self._got = got + k
+        got += k
+        self._got = got
         self._at = i + k
-        if self._got == length:
-            self._got = 0
-            self._quiet = False
-            await self.sink.write(self._data[:length])
+        d = self._data
+        if got == want and not (want == 3 and self._quiet and d[0] == d[1] == d[2] == 43):
+            await self._send_frames(length)
+
+    async def _send_frames(self, length):
+        got = self._got
+        self._got = 0
+        self._quiet = False
+        for j in range(0, got, length):
+            await self.sink.write(self._data[j : min(j + length, got)])
 
     # The line went idle: send the partial frame, unless it is "+++" alone between two
     # silences, which leaves transparent mode.

@@ -1138,6 +1138,31 @@ def test_transparent_framing_and_events_held(m):
         stop(w, 0)
 
 
+# Frames shorter than "+++": it still leaves transparent mode (found by exploratory testing:
+# with AT+UARTFOMAT=3 it went to the link as data, and only a power cut got the module back).
+@pytest.mark.parametrize("length", [1, 3])
+def test_transparent_escape_with_tiny_frames(m, echo, length):
+    w = ready(m)
+    connect_client(w, 1, echo.port)
+    w.ok(f"AT+UARTFOMAT={length},100")
+    w.ok("AT+CIPSENDRAW")
+    time.sleep(0.3)
+    stream = b"ab++c+++d"
+    w.m.write(stream)
+    assert w.m.read_until(stream, timeout=5) == stream  # echoed back through the link
+    time.sleep(0.3)
+    w.m.write(b"++")
+    time.sleep(0.3)
+    w.m.write(b"+")  # "++" went after its silence: this "+" alone is data too
+    assert w.m.read_until(b"+++", timeout=5) == b"+++"
+    time.sleep(0.3)
+    w.m.write(b"+++")
+    assert w.m.read_until(b"\r\nOK\r\n", timeout=3) == b"\r\nOK\r\n"
+    assert echo.received == len(stream) + 3
+    w.ok("AT")
+    stop(w, 1)
+
+
 def test_transparent_needs_a_connected_link(m):
     w = ready(m)
     w.error("AT+CIPSENDRAW")

@@ -18,6 +18,18 @@ BUSY = (errno.EAGAIN, errno.EINPROGRESS, errno.ETIMEDOUT, 118, 119)
 _SPIN_MS = const(5)  # poll period while a socket takes nothing
 
 
+# An exception in words, one line, for a reason the host reads: errno's name for an OSError
+# with a number, its text for one with a message (the resolver's "[addrinfo error -2]"), else
+# its type and text.
+def why(e):
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    if isinstance(e, OSError) and e.args:
+        code = e.args[0]
+        return errno.errorcode.get(code, str(code)) if isinstance(code, int) else str(code)
+    return "{}: {}".format(type(e).__name__, e) if e.args else type(e).__name__
+
+
 # A bytearray of `size` bytes or, in a heap fragmented past that or too full to keep `room`
 # bytes free beside it, the largest half of it found, down to `least` (MemoryError below that):
 # a stream's buffer, where a smaller one beats none, and beats a module with no room left for

@@ -6,7 +6,7 @@ import socket
 
 from micropython import const
 
-from firmware import httpmsg, tls
+from firmware import aio, httpmsg, tls
 from firmware.aio import read_some, writable, write_all
 from firmware.at import AtError
 
@@ -62,7 +62,7 @@ class Http:
             # Blocking, once per connection: DNS (instant for an IP address)
             addr = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
         except OSError as e:
-            raise Fail("CONNECT", "DNS {}: {!r}".format(self.host, e))
+            raise Fail("CONNECT", "DNS {}: {}".format(self.host, aio.why(e)))
         s = socket.socket()
         self.sock = s
         s.setblocking(False)
@@ -70,7 +70,7 @@ class Http:
             s.connect(addr)
         except OSError as e:
             if e.args[0] != errno.EINPROGRESS:
-                raise Fail("CONNECT", repr(e))
+                raise Fail("CONNECT", aio.why(e))
         try:
             await asyncio.wait_for_ms(writable(s), _CONNECT_MS)
         except asyncio.TimeoutError:
@@ -102,7 +102,7 @@ class Http:
             except OSError as e:
                 self.close()
                 if fresh:
-                    raise Fail(_reason(e, self.tls), repr(e))
+                    raise Fail(_reason(e, self.tls), aio.why(e))
                 continue
             if answered:
                 return self.frame.left if isinstance(self.frame, httpmsg.Length) else None
@@ -179,7 +179,7 @@ class Http:
                 try:
                     n = await self._more()
                 except OSError as e:
-                    raise Fail("NETWORK", repr(e))
+                    raise Fail("NETWORK", aio.why(e))
                 if not n:
                     raise Fail("NETWORK", "closed after {} bytes".format(got))
                 continue

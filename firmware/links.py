@@ -79,6 +79,7 @@ class Link:
         self.drops = 0  # UDP datagrams that did not fit in pull mode
         self.udp = None  # the Peer holding a UDP link's pull buffer
         self.leftover = None  # pull mode: a closed peer whose buffer still holds data
+        self.told = False  # SERVER,DISCONNECTED announced for this outage (not once per retry)
 
     # --- starting and stopping
 
@@ -88,6 +89,7 @@ class Link:
         self.host, self.rport, self.lport = host, rport, lport
         self.error = ""
         self.leftover = None
+        self.told = False
         try:
             if typ == "tcp_server":
                 self._listen()
@@ -164,10 +166,10 @@ class Link:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        if self.state == CONNECTED and not self.type.startswith("udp"):
+        up = self.state == CONNECTED and not self.type.startswith("udp")
+        if up or (self.state == CONNECTING and self.type != "tcp_server" and not self.told):
             events.emit("CIPEVENT", "{},SERVER,DISCONNECTED".format(self.id))
-        elif self.state == CONNECTING and self.type != "tcp_server":
-            events.emit("CIPEVENT", "{},SERVER,DISCONNECTED".format(self.id))
+            self.told = True
         self.state = DISCONNECTED
 
     async def _client(self):
@@ -202,6 +204,7 @@ class Link:
         peer = Peer(s, self.host, self.rport)
         self.peers = [peer]
         self.state = CONNECTED
+        self.told = False
         events.emit("CIPEVENT", "{},SERVER,CONNECTED".format(self.id))
         await self._pump(peer)
 
@@ -427,12 +430,9 @@ def _reason(e):
     why = tls.reason(e)
     if why is not None:
         return why
-    if isinstance(e, OSError) and e.args:
-        code = e.args[0]
-        return errno.errorcode.get(code, str(code)) if isinstance(code, int) else str(code)
     if isinstance(e, asyncio.TimeoutError):
         return "timeout"
-    return "{}: {}".format(type(e).__name__, e)
+    return aio.why(e)
 
 
 # (ip, port) of a socket address: a tuple on the ESP32, raw sockaddr bytes on the unix port.

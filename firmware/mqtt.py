@@ -132,7 +132,7 @@ def _why(e):
         if code < 0:  # mbedTLS error codes are negative
             return "TLS error -0x{:x}".format(-code)
         return _WORDS.get(code) or errno.errorcode.get(code, "error {}".format(code))
-    return repr(e)
+    return aio.why(e)
 
 
 class Session:

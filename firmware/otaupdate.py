@@ -223,6 +223,7 @@ async def _install(version):
         if not any(p == "firmware/app.mpy" for p, _, _ in files):
             raise Fail("MANIFEST", "no firmware/app.mpy")
         image = _entry(m["image"]) if m.get("image") else None
+        m = None  # the parsed manifest's dicts: its entries are all the update needs now
         part = _next_app() if image else None
         slot = ota.free_slot()
         if slot is None:
@@ -260,7 +261,7 @@ def _switch(version, slot, part):
             part.set_boot()
         except OSError as e:
             ota.remove(ota.PENDING)
-            raise Fail("IMAGE", "set_boot: {!r}".format(e))
+            raise Fail("IMAGE", "set_boot: " + aio.why(e))
     log.info("ota: {} staged in ota/{}, restarting".format(version, slot))
 
 
@@ -292,11 +293,11 @@ def _failure(e):
     if isinstance(e, OSError) and e.args and e.args[0] == _ENOSPC:
         return "NOSPACE", "flash full"
     if isinstance(e, OSError):
-        return "FLASH", repr(e)
+        return "FLASH", aio.why(e)
     if isinstance(e, MemoryError):
         return "MEMORY", "out of memory"
     log.exc(e, "ota")
-    return "INTERNAL", repr(e)
+    return "INTERNAL", aio.why(e)
 
 
 async def _update(version):

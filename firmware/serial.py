@@ -17,7 +17,7 @@ from asyncio import wait_for_ms
 from micropython import const
 
 from firmware import at, log
-from firmware.aio import readable, settle
+from firmware.aio import readable, settle, why
 from firmware.at import AtError
 
 LINE_MAX = const(1024)  # longest command line; a longer one is answered ERROR
@@ -443,7 +443,7 @@ class Serial:
             err = self.out_of_memory(self._doing)  # None: the command
         else:
             log.exc(e, self._what())
-            err = (at.E_INTERNAL, repr(e))
+            err = (at.E_INTERNAL, why(e))
         self._error(err)
 
     # Answer ERROR for the reason err, (code, text): AT+ERRNO's.

@@ -341,30 +341,37 @@ class Serial:
 
     # Transparent mode: frames of AT+UARTFOMAT length go to the sink as they fill up.
     # Frames of 3 bytes or fewer would send a "+++" before the silence after it could make it
-    # the escape: after a silence the first 3 bytes are held until that is known (another
+    # the escape: after a silence, "+" bytes (3 at most) wait until that is known (another
     # byte, or the silence).
     async def _take_frame(self, mv):
         length = self._settings["uartfomat"][0]
-        if self._got == 3 and length <= 3:  # a held "+++", and more came: data after all
-            await self._send_frames(length)
+        hold = self._quiet and length <= 3
         i = self._at
-        want = 3 if self._quiet and length <= 3 else length
         got = self._got
-        k = min(self._n - i, want - got)
+        k = min(self._n - i, (3 if hold else length) - got)
+        if k == 0:  # a held "+++", and more came: data after all
+            await self._send_frames(length)
+            return
         self._data[got : got + k] = mv[i : i + k]
         got += k
         self._got = got
         self._at = i + k
         d = self._data
-        if got == want and not (want == 3 and self._quiet and d[0] == d[1] == d[2] == 43):
+        if hold and d[0] == 43 and (got < 2 or d[1] == 43) and (got < 3 or d[2] == 43):
+            return  # what came after the silence may still be the escape
+        if hold or got == length:
             await self._send_frames(length)
 
+    # The whole frames of what was taken; the rest stays as the frame being filled.
     async def _send_frames(self, length):
         got = self._got
-        self._got = 0
         self._quiet = False
-        for j in range(0, got, length):
-            await self.sink.write(self._data[j : min(j + length, got)])
+        j = 0
+        while got - j >= length:
+            await self.sink.write(self._data[j : j + length])
+            j += length
+        self._data[: got - j] = self._data[j:got]  # fewer than length bytes, from past them
+        self._got = got - j
 
     # The line went idle: send the partial frame, unless it is "+++" alone between two
     # silences, which leaves transparent mode.

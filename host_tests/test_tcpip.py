@@ -1163,6 +1163,25 @@ def test_transparent_escape_with_tiny_frames(m, echo, length):
     stop(w, 1)
 
 
+# ... while a byte that cannot be the escape goes at once, as its frame is full.
+def test_tiny_frames_go_at_once(m):
+    w = ready(m)
+    with TcpSink() as sink:
+        connect_client(w, 0, sink.port)
+        w.ok("AT+UARTFOMAT=1,500")
+        w.ok("AT+CIPSENDRAW")
+        time.sleep(0.7)
+        t = time.monotonic()
+        w.m.write(b"a")  # after a silence, not "+": no wait for the 500 ms idle time
+        wait_for(lambda: sink.total() == 1, 3, "the frame")
+        assert sink.log[0][0] - t < 0.4
+        time.sleep(0.7)
+        w.m.write(b"+++")
+        assert w.m.read_until(b"\r\nOK\r\n", timeout=3) == b"\r\nOK\r\n"
+        assert sink.data(0) == b"a"
+        stop(w, 0)
+
+
 def test_transparent_needs_a_connected_link(m):
     w = ready(m)
     w.error("AT+CIPSENDRAW")

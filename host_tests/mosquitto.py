@@ -34,12 +34,6 @@ log = logging.getLogger(__name__)
 HOST = SERVER_IP
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def have_mosquitto() -> bool:
     return shutil.which("mosquitto") is not None
 
@@ -93,8 +87,9 @@ class Broker:
         # Anonymous clients are allowed unless a user is configured
         self.allow_anonymous = (user is None) if allow_anonymous is None else allow_anonymous
         self.host = HOST
-        self.port = free_port()
-        self.tls_port = free_port() if tls else None
+        from host_tests.netservers import free_port, free_ports  # netservers imports this module
+
+        self.port, self.tls_port = free_ports(2) if tls else (free_port(), None)
         self.ca_path = self.ca_der_path = None
         self.wrong_ca_path = self.wrong_ca_der_path = None
         self.proc: subprocess.Popen | None = None

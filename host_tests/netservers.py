@@ -36,9 +36,17 @@ HOST = SERVER_IP
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A port that is free now on 127.0.0.1 (for the module's listening / bound links)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    return free_ports(1, kind)[0]
+
+
+def free_ports(n: int, kind: int = socket.SOCK_STREAM) -> list[int]:
+    """n different ports free now: held together while chosen (one after the other, the
+    kernel may hand out a port it just released twice: a broker's two listeners did)."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket(socket.AF_INET, kind)) for _ in range(n)]
+        for s in socks:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def have_openssl() -> bool:

@@ -22,7 +22,8 @@ import pytest
 
 from firmware import mqttpkt
 from host_tests.module import Module
-from host_tests.mosquitto import Broker, free_port, have_mosquitto
+from host_tests.mosquitto import Broker, have_mosquitto
+from host_tests.netservers import free_port
 from host_tests.ntpserver import NtpServer
 from host_tests.test_mqttpkt import publish as publish_packet
 

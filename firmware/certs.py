@@ -1,8 +1,14 @@
 # Certificates and keys stored by AT+SSLCERTSET, by type: 0 root CA, 1 client certificate,
 # 2 private key, 3 revocation list. Kept as the host sent them (PEM with LF line endings, or
 # DER), once check() found them readable.
+import os
+
+from micropython import const
+
 from firmware import ctx, settings
 from firmware.at import E_PARAM, AtError
+
+MAX = const(16384)  # bytes of a certificate chain or key: a real CA chain is 6.5 KB and more
 
 _DIR = settings.DIR + "/certs"
 held = ctx.certs_held  # stored while FLASHLOCK is ON: live until reboot, like settings
@@ -44,6 +50,65 @@ def _read(f):
             if not n:
                 return
             yield mv[:n]
+
+
+# AT+SSLCERTSET's data, written to a temporary file as it streams in (a chain can be larger
+# than any RAM buffer) and put in place by commit(); abort() leaves the stored one as it was.
+class Upload:
+    def __init__(self, kind):
+        self.kind = kind
+        self.size = 0
+        self._pem = None  # text (line endings made LF as it streams) or DER; known at byte 1
+        self._cr = False  # the last piece ended with a CR
+        self._tmp = path(kind) + ".part"
+        settings.mkdirs(self._tmp)
+        self._f = open(self._tmp, "wb")
+
+    def write(self, mv):
+        self.size += len(mv)
+        if self.size > MAX:
+            raise AtError(E_PARAM, "certificate longer than {}".format(MAX))
+        if self._pem is None:
+            self._pem = mv[0] != 0x30  # DER starts with a SEQUENCE; PEM is text
+        if self._pem:
+            piece, self._cr = lf(bytes(mv), self._cr)
+            self._f.write(piece)
+        else:
+            self._f.write(mv)
+
+    def abort(self):
+        self._f.close()
+        _remove(self._tmp)
+
+    # The new text replaces the stored one once check() found it readable (garbage is
+    # refused with a reason and nothing stored): renamed over it or, under FLASHLOCK, held in
+    # RAM.
+    def commit(self):
+        global version
+        if self._cr:
+            self._f.write(b"\n")
+        self._f.close()
+        try:
+            if not self.size:
+                raise AtError(E_PARAM, "empty certificate")
+            check(self.kind, self._tmp)
+        except BaseException:
+            _remove(self._tmp)
+            raise
+        if ctx.settings["flashlock"]:
+            with open(self._tmp, "rb") as f:
+                held[self.kind] = f.read()
+            _remove(self._tmp)
+        else:
+            os.rename(self._tmp, path(self.kind))
+        version += 1
+
+
+def _remove(name):
+    try:
+        os.remove(name)
+    except OSError:
+        pass  # gone already
 
 
 # PEM text with CR LF or lone CR line endings (a PEM pasted into a terminal) gets LF, one

@@ -6,12 +6,14 @@ import socket
 
 from micropython import const
 
-from firmware import aio, httpmsg, tls
+from firmware import aio, httpmsg, registry
 from firmware.aio import read_some, writable, write_all
 from firmware.at import AtError
 
 _CONNECT_MS = const(5000)
 _IDLE_MS = const(5000)  # a server silent this long mid-transfer has failed
+
+tls = None  # firmware.tls, imported for the first https URL
 
 
 # A failed exchange: the reason word (+OTAEVENT:FAIL,<reason>) and a detail for AT+ERRNO
@@ -51,7 +53,9 @@ class Http:
             tls.release()
 
     async def _connect(self):
+        global tls
         if self.tls:
+            tls = tls or registry.use("ota", "firmware.tls")
             try:
                 if self._ctx is None:
                     self._ctx = tls.context(True)

@@ -7,7 +7,7 @@ import socket
 
 from micropython import const
 
-from firmware import aio, at, ctx, events, log, settings, tls, wifi
+from firmware import aio, at, ctx, events, log, registry, settings, wifi
 from firmware.at import E_FAIL, E_PARAM, E_STATE, E_TIMEOUT, E_UNSUPPORTED, AtError
 
 TYPES = ("tcp_server", "tcp_client", "ssl_client", "udp_broadcast", "udp_unicast")
@@ -30,6 +30,8 @@ _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(30000)
 _EISCONN = const(127)  # lwIP/newlib EISCONN: not in MicroPython's errno module
 
+
+tls = None  # firmware.tls, imported for the first ssl_client link: a plain link carries none
 
 _rx = bytearray(CHUNK)  # the one receive buffer of push mode: read, then pushed at once
 _rxmv = memoryview(_rx)
@@ -427,7 +429,7 @@ def _resolve(host, port):
 
 
 def _reason(e):
-    why = tls.reason(e)
+    why = tls and tls.reason(e)
     if why is not None:
         return why
     if isinstance(e, asyncio.TimeoutError):
@@ -455,12 +457,14 @@ def get(lid):
 
 # Validate and start a link (AT+CIPSTART); remembered for AT+CIPAUTOCONN.
 def open_link(lid, typ, host, rport, lport, remember=True):
+    global tls
     link = get(lid)
     if link.state != CLOSE:
         raise AtError(E_STATE, "link {} is not stopped (AT+CIPSTOP first)".format(lid))
     if not wifi.online():
         raise AtError(E_STATE, "no Wi-Fi link")
     if typ == "ssl_client":
+        tls = tls or registry.use("tcpip", "firmware.tls")
         tls.acquire()  # a started ssl_client link holds its TLS session until AT+CIPSTOP
     try:
         link.start(typ, host, rport, lport)

@@ -21,7 +21,9 @@ import time
 
 from micropython import const
 
-from firmware import aio, at, ctx, events, log, mqttpkt, settings, tls, wifi
+from firmware import aio, at, ctx, events, log, mqttpkt, registry, settings, wifi
+
+tls = None  # firmware.tls, imported for the first session over TLS: a plain one carries none
 
 SUBS = const(6)  # subscription ids 0-5
 TOPIC_MAX = const(256)  # bytes of a topic or topic filter
@@ -123,7 +125,7 @@ def _why(e):
         return e.args[0]
     if isinstance(e, at.AtError):  # from tls: no clock yet, no memory for another session
         return e.detail
-    if isinstance(e, ValueError):  # mbedTLS: the certificate check, with its reason
+    if isinstance(e, ValueError) and tls:  # mbedTLS: the certificate check, with its reason
         return "TLS: " + tls.reason(e)
     if isinstance(e, asyncio.TimeoutError):
         return "no answer from the broker within {} s".format(_CONNECT_MS // 1000)
@@ -221,9 +223,11 @@ class Session:
     # configuration or the certificates changed: a reconnect takes no second 3 KB block, even
     # after tls forgot the context with its last session. Raises at.AtError.
     def _context(self):
+        global tls
         st = ctx.settings
         if not st["mqtt_ssl"]:
             return None
+        tls = tls or registry.use("mqtt", "firmware.tls")
         server, client = st["mqtt_caverify"]
         key = tls.made_for(server, client)
         if self._tls is None or self._tls[0] != key:

@@ -21,6 +21,7 @@
 # A group makes its tasks with aio.task(): a finished task may stay reachable, and then keeps
 # nothing of it.
 import gc
+import os
 import sys
 
 # The module whose idle() tells whether a group's feature is running.
@@ -200,31 +201,39 @@ def use(group, name):
 
 # Import a module (every import the firmware makes after boot comes here). MicroPython takes a
 # module whose import failed out of sys.modules but leaves it in the slot of the dict's table
-# (py/builtinimport.c, unregister_module_from_nlr_jump_callback, v1.24 to v1.28), where it
-# holds the module's code and all it imported until the slot is reused: AT+CIPSTATUS meeting a
-# heap that MQTT filled kept 8 KB, 15 KB once MQTT closed, until a reboot. So after a failure
-# the table is made again, without that slot.
+# (py/builtinimport.c, unregister_module_from_nlr_jump_callback; py/map.c keeps a removed
+# slot's value; v1.24 to v1.28), where it holds the module's code and all it imported until the
+# slot is reused: AT+CIPSTATUS meeting a heap that MQTT filled kept 8 KB, 15 KB once MQTT
+# closed, until a reboot. So after a failure that slot is reused at once.
 def imported(name):
     try:
         __import__(name)
     except BaseException:
-        _forget_failed()
+        _forget_failed(name)
         raise
     return sys.modules[name]
 
 
-def _forget_failed():
+# A name added to sys.modules takes the first free slot on its probing path (py/map.c
+# mp_map_lookup), which after a failure is the failed module's own: added with None and removed
+# again, the name leaves None there. No allocation, the table keeps its size: rebuilding the
+# table could run out of memory halfway, and a module missing from sys.modules is imported a
+# second time (asyncio's lock found its package without core: every AT+MQTTSTART failed). The
+# modules that failed under it (a feature module under a command module) go the same way: the
+# name of every firmware module not loaded is added and removed.
+def _forget_failed(name):
+    names = [name]
     try:
-        kept = dict(sys.modules)  # its table holds only the modules that are loaded
+        for package in ("firmware", "firmware.commands"):
+            if package in sys.modules:
+                for file in os.listdir(sys.modules[package].__path__):
+                    names.append(package + "." + file.split(".")[0])
     except MemoryError:
-        return  # the slot stays, until the next failure has room for this
-    sys.modules.clear()  # frees the old table: the failed module is garbage now
-    gc.collect()
-    try:
-        sys.modules.update(kept)
-    except MemoryError:  # never seen: the old table's room is free again
-        gc.collect()
-        sys.modules.update(kept)
+        pass  # the failed module's own slot, at least
+    for n in names:
+        if n not in sys.modules:
+            sys.modules[n] = None
+            del sys.modules[n]
 
 
 def idle(group):
@@ -258,18 +267,16 @@ def _release(group):
 
 
 # Remove modules from sys.modules and from their packages, except those a module that stays
-# still refers to (a group loaded later may share one: it then goes with that group). All that
-# needs memory comes before the first removal: a MemoryError (AT+MEMFREE in a full heap) leaves
-# every module in place, never one removed that another still uses (its next import would make
-# a second copy, with state of its own).
+# still refers to, directly or through another kept one (MQTT keeps tls, tls keeps certs): a
+# group loaded later may share one, which then goes with that group. All that needs memory
+# comes before the first removal: a MemoryError (AT+MEMFREE in a full heap) leaves every module
+# in place, never one removed that another still uses (its next import would make a second
+# copy, with state of its own).
 def _drop(names):
     kept = set()
     for name, module in sys.modules.items():
-        # A package's attributes are its submodules, set by the import: no use of them.
-        if name not in names and not hasattr(module, "__path__"):
-            for value in module.__dict__.values():
-                if type(value) is type(sys):
-                    kept.add(value)
+        if name not in names:
+            _keep(module, kept)
     gone = []
     for name in names:
         if sys.modules.get(name) not in kept:
@@ -282,3 +289,14 @@ def _drop(names):
         sys.modules.pop(name, None)
         if package in sys.modules:
             sys.modules[package].__dict__.pop(attr, None)
+
+
+# Add the modules a module refers to, and theirs, to kept. A package's attributes are its
+# submodules, set by the import: no use of them.
+def _keep(module, kept):
+    if hasattr(module, "__path__"):
+        return
+    for value in module.__dict__.values():
+        if type(value) is type(sys) and value not in kept:
+            kept.add(value)
+            _keep(value, kept)

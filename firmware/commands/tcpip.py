@@ -12,12 +12,9 @@
 #   AT+CIPRECV=...     +CIPRECV=<len>,<data> (the document's "=")
 # Extensions: AT+CIPERR=<id> (why the link last failed), AT+CIPDROPS=<id> (UDP datagrams
 # dropped in pull mode).
-import os
 import socket
 
-from micropython import const
-
-from firmware import at, certs, ctx, links, serial, settings
+from firmware import at, ctx, links, registry, serial
 from firmware.at import AtError
 from firmware.commands.system import action, refuse_if_hidden, setter, value
 
@@ -25,7 +22,6 @@ _CTRL_Z = b"\x1a"
 # The spec's certificate types: 0 root, 1 client certificate, 2 private key, 3 CRL.
 _PRIVATE_KEY = 2
 _HOST_MAX = 253
-CERT_MAX = const(16384)  # a certificate chain or key: a real CA chain is 6.5 KB and more
 
 
 def _id(p, i=0):
@@ -145,70 +141,18 @@ def _domain(p):
     return ips
 
 
-# AT+SSLCERTSET's data, written to a temporary file as it streams in (a chain can be larger
-# than any RAM buffer) and put in place by commit(); abort() leaves the stored one as it was.
-class Upload:
-    def __init__(self, kind):
-        self.kind = kind
-        self.size = 0
-        self._pem = None  # text (line endings made LF as it streams) or DER; known at byte 1
-        self._cr = False  # the last piece ended with a CR
-        self._tmp = certs.path(kind) + ".part"
-        settings.mkdirs(self._tmp)
-        self._f = open(self._tmp, "wb")
-
-    def write(self, mv):
-        self.size += len(mv)
-        if self.size > CERT_MAX:
-            raise AtError(at.E_PARAM, "certificate longer than {}".format(CERT_MAX))
-        if self._pem is None:
-            self._pem = mv[0] != 0x30  # DER starts with a SEQUENCE; PEM is text
-        if self._pem:
-            piece, self._cr = certs.lf(bytes(mv), self._cr)
-            self._f.write(piece)
-        else:
-            self._f.write(mv)
-
-    def abort(self):
-        self._f.close()
-        _remove(self._tmp)
-
-    # The new text replaces the stored one once certs.check() found it readable (garbage is
-    # refused with a reason and nothing stored): renamed over it or, under FLASHLOCK, held in
-    # RAM.
-    def commit(self):
-        if self._cr:
-            self._f.write(b"\n")
-        self._f.close()
-        try:
-            if not self.size:
-                raise AtError(at.E_PARAM, "empty certificate")
-            certs.check(self.kind, self._tmp)
-        except BaseException:
-            _remove(self._tmp)
-            raise
-        if ctx.settings["flashlock"]:
-            with open(self._tmp, "rb") as f:
-                certs.held[self.kind] = f.read()
-            _remove(self._tmp)
-        else:
-            os.rename(self._tmp, certs.path(self.kind))
-        certs.version += 1
+# The certificate store, loaded by the commands that use it (and by TLS): a link without TLS
+# does not carry it.
+def _certs():
+    return registry.use("tcpip", "firmware.certs")
 
 
-def _remove(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass  # gone already
-
-
-# The text streams to flash as it comes (Upload): any length up to CERT_MAX. Refused, the
-# text is read up to its Ctrl+Z all the same.
+# The text streams to flash as it comes (certs.Upload): any length up to certs.MAX. Refused,
+# the text is read up to its Ctrl+Z all the same.
 def _certset(p):
     try:
         at.count(p, 1)
-        upload = Upload(at.integer(p, 0, 0, 3))
+        upload = _certs().Upload(at.integer(p, 0, 0, 3))
     except (AtError, OSError) as e:
         return serial.DataPhase(0, None, end=_CTRL_Z, error=e)
     return serial.DataPhase(0, lambda _: upload.commit(), end=_CTRL_Z, sink=upload)
@@ -219,7 +163,7 @@ def _certget(p):
     kind = at.integer(p, 0, 0, 3)
     if kind == _PRIVATE_KEY:
         refuse_if_hidden("the private key is not read back")
-    data = certs.pieces(kind)
+    data = _certs().pieces(kind)
     if data is None:
         raise AtError(at.E_STATE, "no certificate of this type")
     return serial.Line(b"+SSLCERTGET:", data)

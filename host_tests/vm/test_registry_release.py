@@ -114,4 +114,30 @@ for group, command in (("tcpip", "CIPSTART"), ("bt", "BTSTATE"), ("provision", "
     owner = None
     registry.release()
     assert group not in registry._loaded and registry._IDLE[group] not in sys.modules, group
+
+# A module two groups share, and what it imported: TLS, loaded by a TLS link (so counted as
+# the TCP/IP group's), then used by MQTT. The links stop: tls stays while MQTT refers to it,
+# and so does certs, which only tls refers to (dropped, it came back as a second copy beside
+# the one tls uses, its own certificate version with it); they go with MQTT.
+registry.load("tcpip")
+links = sys.modules["firmware.links"]
+links.tls = registry.use("tcpip", "firmware.tls")
+links.idle = lambda: False  # the link runs while MQTT loads
+registry.load("mqtt")
+mqtt = sys.modules["firmware.mqtt"]
+mqtt.tls = registry.use("mqtt", "firmware.tls")
+assert "firmware.tls" not in registry._loaded["mqtt"]  # loaded already: the links' group's
+tls, certs = sys.modules["firmware.tls"], sys.modules["firmware.certs"]
+mqtt.idle = lambda: False
+links.idle = lambda: True
+links = None
+registry.release()
+assert "tcpip" not in registry._loaded and "firmware.links" not in sys.modules
+assert sys.modules["firmware.tls"] is tls and sys.modules["firmware.certs"] is certs
+assert "firmware.tls" in registry._loaded["mqtt"] and "firmware.certs" in registry._loaded["mqtt"]
+mqtt.idle = lambda: True
+mqtt = tls = certs = None
+registry.release()
+for name in ("firmware.mqtt", "firmware.tls", "firmware.certs"):
+    assert name not in sys.modules, name
 print("OK")

@@ -260,6 +260,8 @@ class Link:
         s = peer.sock
 
         def take():  # the engine calls it with the line free: read, and it writes at once
+            if peer.n:
+                return self._held(peer)
             n = peer.got = s.readinto(_rx)
             return ("+CIPEVENT:SOCKET,{},{},".format(self.id, n), _rxmv[:n]) if n else None
 
@@ -273,6 +275,16 @@ class Link:
             if n == 0:
                 return  # closed by the peer
             # None: nothing to read yet (TLS records in progress)
+
+    # Data held in pull mode goes first once push mode is on (AT+CIPRECVCFG=1), in order: as
+    # events, before anything read after it (the readers serve it first, push_held() at once).
+    def _held(self, peer):
+        data = peer.take(CHUNK)
+        return ("+CIPEVENT:SOCKET,{},{},".format(self.id, len(data)), data) if data else None
+
+    async def _push_held(self, peer):
+        while peer.n:
+            await ctx.serial.send(lambda: self._held(peer), self)
 
     async def _pull(self, peer):
         if peer.buf is None:
@@ -324,6 +336,8 @@ class Link:
     # One datagram as an event (the engine calls it with the line free); an empty one is
     # nothing to deliver.
     def _datagram(self):
+        if self.udp.n:
+            return self._held(self.udp)
         data, addr = self.sock.recvfrom(CHUNK)
         if not data:
             return None
@@ -453,6 +467,14 @@ def get(lid):
     if links is None:
         links = [Link(i) for i in range(COUNT)]
     return links[lid]
+
+
+# AT+CIPRECVCFG=1: what pull mode holds goes to the host now.
+def push_held():
+    for link in links or ():
+        for peer in link.peers + ([link.leftover] if link.leftover else []):
+            if peer.n:
+                aio.task(link._push_held(peer))
 
 
 # Validate and start a link (AT+CIPSTART); remembered for AT+CIPAUTOCONN.

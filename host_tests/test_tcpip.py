@@ -980,6 +980,29 @@ def test_pull_mode_tcp(m, echo):
     stop(w, 0)
 
 
+# Switched to push mode, the host gets what pull mode held first, then what comes after, in
+# order (found by exploratory testing: the held bytes waited for an AT+CIPRECV a host in push
+# mode never sends, and newer data went out ahead of them). TCP, a closed peer's leftover, UDP.
+def test_push_mode_sends_what_pull_mode_held_first(m, echo):
+    w = ready(m)
+    w.ok("AT+CIPRECVCFG=0")
+    connect_client(w, 0, echo.port)
+    with TcpSource(BIN) as src:
+        start(w, 1, "tcp_client", HOST, src.port)
+        w.expect(ev(1, "SERVER", "CONNECTED"))
+        w.expect(ev(1, "SERVER", "DISCONNECTED"))
+    w.send_data(0, b"first")
+    time.sleep(0.5)
+    w.quiet(0.1)
+    w.ok("AT+CIPRECVCFG=1")
+    assert w.recv(0, 5) == b"first"
+    assert w.recv(1, len(BIN)) == BIN
+    w.send_data(0, b"second")
+    assert w.recv(0, 6) == b"second"
+    stop(w, 0)
+    stop(w, 1)
+
+
 def test_pull_mode_data_outlives_the_peer(m):
     # A server sends and closes at once: what it sent can still be read after DISCONNECTED.
     w = ready(m)

@@ -101,6 +101,8 @@ def _recvcfg_query():
 def _recvcfg_set(p):
     at.count(p, 1)
     ctx.settings.set("recvcfg", at.integer(p, 0, 0, 1))
+    if ctx.settings["recvcfg"]:
+        links.push_held()
 
 
 def _autoconn(p):

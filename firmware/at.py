@@ -39,8 +39,12 @@ class AtError(Exception):
 # Split a command line (bytes) into (name, op, params).
 # name is a str ("" for plain AT); params is a list of str, or None where a parameter was
 # omitted (empty between commas). Inside a parameter "\," is a literal comma and "\\" a
-# backslash; a parameter wrapped in double quotes is unquoted ("" is an empty string).
+# backslash; a parameter wrapped in double quotes is unquoted ("" is an empty string). A
+# leading "+++" is ignored: transparent mode's escape, which a driver sends in command mode too
+# and then goes on with its next command on the same line (wire notes).
 def parse(line):
+    if line[:3] == b"+++":
+        line = line[3:]
     if line[:2] != b"AT":
         raise AtError(E_SYNTAX, "line does not start with AT")
     n = len(line)

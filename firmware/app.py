@@ -92,9 +92,7 @@ def _restore(st):
         mqtt.start()
     if any(st["links"]):
         registry.load("tcpip")
-        from firmware import links
-
-        links.start()
+        registry.use("tcpip", "firmware.links").start()
 
 
 # A task ended by an exception nobody caught: logged with its traceback (which task, which

@@ -5,6 +5,7 @@ settings = None  # settings.Settings
 serial = None  # serial.Serial: the command engine and the one writer
 certs_held = {}  # certificates stored while FLASHLOCK is ON (certs.py), kept until reboot
 mqtt_error = ""  # why the MQTT session last failed (AT+MQTTERR), kept when its group is released
+LINKS = 5  # link ids 0-4 (section 4): the links' commands check ids without loading the links
 
 _uptime = 0  # ms counted up to _ticks
 _ticks = time.ticks_ms()

@@ -10,8 +10,6 @@ from micropython import const
 from firmware import aio, at, ctx, events, log, registry, settings, wifi
 from firmware.at import E_FAIL, E_PARAM, E_STATE, E_TIMEOUT, E_UNSUPPORTED, AtError
 
-TYPES = ("tcp_server", "tcp_client", "ssl_client", "udp_broadcast", "udp_unicast")
-COUNT = const(5)
 
 # AT+CIPSTATUS words. "close" for a stopped link is what drivers test for (wire notes).
 CONNECTING = "connecting"
@@ -465,7 +463,7 @@ links = None  # the Link of each id, made on first use
 def get(lid):
     global links
     if links is None:
-        links = [Link(i) for i in range(COUNT)]
+        links = [Link(i) for i in range(ctx.LINKS)]
     return links[lid]
 
 
@@ -506,7 +504,7 @@ def open_link(lid, typ, host, rport, lport, remember=True):
 # free for the host's next command.
 def at_cipstop(p):
     at.count(p, 1, 2)
-    lid = at.integer(p, 0, 0, COUNT - 1)
+    lid = at.integer(p, 0, 0, ctx.LINKS - 1)
     link = get(lid)
     if len(p) == 2 and link.type == "tcp_server" and link.state != CLOSE:
         link.drop_client(link.peer(at.integer(p, 1, 1, 65535)))

@@ -473,6 +473,27 @@ def test_a_link_beside_mqtt_at_110k(tmp_path: Path, world: dict) -> None:
     steady(ends)
 
 
+# A driver's start-up (wire notes: AT+CIPAUTOCONN=<id>,0 and AT+CIPSTOP=<id> for ids 0-4,
+# AT+CIPRECVCFG=1) beside an MQTT session over TLS at HEAP=110k, as after AT+MQTTAUTOSTART=ON
+# and a restart: every command answers OK, and the session goes on. Found by exploratory
+# testing: they answered out of memory, the TCP/IP commands' module imported the links (12 KB
+# VM bytes) that none of them needs while no link runs.
+@pytest.mark.timeout(120)
+def test_driver_start_up_beside_mqtt_over_tls_at_110k(tmp_path: Path, world: dict) -> None:
+    m, h, _ = session(tmp_path)
+    with m:
+        wifi_on(h)
+        mqtt_on(h, world)
+        for lid in range(5):
+            h.cmd(f"AT+CIPAUTOCONN={lid},0")
+        for lid in range(5):
+            h.cmd(f"AT+CIPSTOP={lid}")
+        for line in ("AT+WEVENT=ON", "AT+CIPEVENT=ON", "AT+CIPRECVCFG=1"):
+            h.cmd(line)
+        mqtt_use(h, world)
+        mqtt_off(h)
+
+
 # A command whose group has no room beside a running feature answers out of memory, and what
 # its failed import made comes back (registry.imported: MicroPython keeps a module whose import
 # failed in sys.modules' table). Found by exploratory testing at 110k: AT+CIPSTATUS beside a

@@ -13,8 +13,9 @@
 # Extensions: AT+CIPERR=<id> (why the link last failed), AT+CIPDROPS=<id> (UDP datagrams
 # dropped in pull mode).
 import socket
+import sys
 
-from firmware import at, ctx, links, registry, serial
+from firmware import at, ctx, registry, serial
 from firmware.at import AtError
 from firmware.commands.system import action, refuse_if_hidden, setter, value
 
@@ -22,10 +23,19 @@ _CTRL_Z = b"\x1a"
 # The spec's certificate types: 0 root, 1 client certificate, 2 private key, 3 CRL.
 _PRIVATE_KEY = 2
 _HOST_MAX = 253
+_TYPES = ("tcp_server", "tcp_client", "ssl_client", "udp_broadcast", "udp_unicast")
 
 
 def _id(p, i=0):
-    return at.integer(p, i, 0, links.COUNT - 1)
+    return at.integer(p, i, 0, ctx.LINKS - 1)
+
+
+# The links (firmware/links.py), loaded by the first command that needs them. A driver's
+# start-up (wire notes: AT+CIPAUTOCONN=<id>,0 and AT+CIPSTOP=<id> for every id, then
+# AT+CIPRECVCFG=1) needs none when no link runs: beside an MQTT session over TLS at 110 KiB
+# there is room for this module, not for both.
+def _links():
+    return registry.use("tcpip", "firmware.links")
 
 
 def _port(p, i, lo=1):
@@ -36,7 +46,7 @@ def _port(p, i, lo=1):
 def _start(p):
     at.count(p, 3, 5)
     lid = _id(p)
-    typ = at.choice(p, 1, links.TYPES)
+    typ = at.choice(p, 1, _TYPES)
     if typ == "tcp_server":
         if len(p) == 3:
             lport = _port(p, 2)
@@ -51,12 +61,12 @@ def _start(p):
         rport = _port(p, 3)
         # no local port (EWF's udp_unicast, wire notes), or an empty one: 0, any
         lport = _port(p, 4, lo=0) if len(p) == 5 and p[4] is not None else 0
-    links.open_link(lid, typ, host, rport, lport)
+    _links().open_link(lid, typ, host, rport, lport)
 
 
 def _status(p):
     at.count(p, 1)
-    link = links.get(_id(p))
+    link = _links().get(_id(p))
     return "+CIPSTATUS:{},{}".format(link.type, link.state)
 
 
@@ -66,7 +76,7 @@ def _send(p):
     at.count(p, 2, 3)
 
     def done(data):
-        link = links.get(_id(p))
+        link = _links().get(_id(p))
         return link.send(link.peer(_port(p, 1) if len(p) == 3 else None), data)
 
     return serial.DataPhase(at.integer(p, len(p) - 1, 1, serial.LENGTH_MAX), done)
@@ -74,6 +84,7 @@ def _send(p):
 
 # Transparent mode on the lowest connected link; "+++" alone leaves it.
 def _sendraw():
+    links = _links()
     for link in links.links or ():
         if link.state == links.CONNECTED and link.type != "tcp_server":
             ctx.serial.after_reply(lambda: ctx.serial.enter_transparent(link))
@@ -83,7 +94,7 @@ def _sendraw():
 
 def _recv(p):
     at.count(p, 3)
-    link = links.get(_id(p))
+    link = _links().get(_id(p))
     port = _port(p, 1, lo=0)
     n = at.integer(p, 2, 1, serial.DATA_MAX)
     if link.type == "tcp_server":
@@ -101,7 +112,8 @@ def _recvcfg_query():
 def _recvcfg_set(p):
     at.count(p, 1)
     ctx.settings.set("recvcfg", at.integer(p, 0, 0, 1))
-    if ctx.settings["recvcfg"]:
+    links = sys.modules.get("firmware.links")
+    if links and ctx.settings["recvcfg"]:
         links.push_held()
 
 
@@ -136,7 +148,7 @@ def _domain(p):
         raise AtError(at.E_FAIL, "cannot resolve " + name)
     ips = []
     for entry in found:
-        ip, _port = links.ip_port(entry[-1])
+        ip, _port = _links().ip_port(entry[-1])
         if ip not in ips:
             ips.append(ip)
     ips.insert(0, "+CIPDOMAIN:{}".format(len(ips)))
@@ -171,15 +183,24 @@ def _certget(p):
     return serial.Line(b"+SSLCERTGET:", data)
 
 
+# With the links not loaded no link runs: a stop is OK at once, unless the link is stored to
+# be restored at power-on (AT+CIPAUTOCONN), which the links then forget.
+def _stop(p):
+    at.count(p, 1, 2)
+    if "firmware.links" in sys.modules or ctx.settings["links"][_id(p)]:
+        return _links().at_cipstop(p)
+    return None
+
+
 def _err(p):
     at.count(p, 1)
-    link = links.get(_id(p))
+    link = _links().get(_id(p))
     return "+CIPERR:{},{}".format(link.id, link.error)
 
 
 def _drops(p):
     at.count(p, 1)
-    link = links.get(_id(p))
+    link = _links().get(_id(p))
     return "+CIPDROPS:{},{}".format(link.id, link.drops)
 
 
@@ -190,7 +211,7 @@ COMMANDS = {
     "CIPAUTOCONN": setter(_autoconn),
     "CIPSSLOPT": setter(_sslopt),
     "CIPSTART": setter(_start),
-    "CIPSTOP": setter(links.at_cipstop),
+    "CIPSTOP": setter(_stop),
     "CIPSTATUS": setter(_status),
     "CIPSEND": setter(_send),
     "CIPSENDRAW": action(_sendraw),

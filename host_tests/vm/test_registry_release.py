@@ -90,8 +90,8 @@ STOPS = {"tcpip": ("CIPSTOP", "at_cipstop", (0, 0, 1, 0)), "bt": ("BTDISCOVERY",
 for group, command in (("tcpip", "CIPSTART"), ("bt", "BTSTATE"), ("provision", "SMARTSTART"),
                        ("ota", "OTASTART")):  # fmt: skip
     registry.load(group)
-    if group == "ota":
-        registry.use("ota", "firmware.otaupdate")  # as AT+OTASTART does
+    if group in ("ota", "tcpip"):  # as AT+OTASTART, AT+CIPSTART do
+        registry.use(group, registry._IDLE[group])
     owner = sys.modules[registry._IDLE[group]]
     owner.idle = lambda: False
     before = free()
@@ -120,7 +120,7 @@ for group, command in (("tcpip", "CIPSTART"), ("bt", "BTSTATE"), ("provision", "
 # and so does certs, which only tls refers to (dropped, it came back as a second copy beside
 # the one tls uses, its own certificate version with it); they go with MQTT.
 registry.load("tcpip")
-links = sys.modules["firmware.links"]
+links = registry.use("tcpip", "firmware.links")
 links.tls = registry.use("tcpip", "firmware.tls")
 links.idle = lambda: False  # the link runs while MQTT loads
 registry.load("mqtt")

@@ -280,7 +280,11 @@ class Link:
         data = peer.take(CHUNK)
         return ("+CIPEVENT:SOCKET,{},{},".format(self.id, len(data)), data) if data else None
 
-    async def _push_held(self, peer):
+    def push_held(self, peer):
+        if peer.n:
+            aio.task(self._push(peer))
+
+    async def _push(self, peer):
         while peer.n:
             await ctx.serial.send(lambda: self._held(peer), self)
 
@@ -457,22 +461,23 @@ def ip_port(addr):
     return "{}.{}.{}.{}".format(addr[4], addr[5], addr[6], addr[7]), addr[2] << 8 | addr[3]
 
 
-links = None  # the Link of each id, made on first use
+links = [None] * ctx.LINKS  # the Link of each id, made on its first use (~300 bytes each)
 
 
 def get(lid):
-    global links
-    if links is None:
-        links = [Link(i) for i in range(ctx.LINKS)]
-    return links[lid]
+    link = links[lid]
+    if link is None:
+        link = links[lid] = Link(lid)
+    return link
 
 
 # AT+CIPRECVCFG=1: what pull mode holds goes to the host now.
 def push_held():
-    for link in links or ():
-        for peer in link.peers + ([link.leftover] if link.leftover else []):
-            if peer.n:
-                aio.task(link._push_held(peer))
+    for link in links:
+        for peer in link.peers if link else ():
+            link.push_held(peer)
+        if link and link.leftover:
+            link.push_held(link.leftover)
 
 
 # Validate and start a link (AT+CIPSTART); remembered for AT+CIPAUTOCONN.
@@ -545,4 +550,6 @@ async def _restore():
 # Nothing runs: every link is stopped and none waits to be restored (registry.py may release
 # this module).
 def idle():
-    return (_restorer is None or _restorer.done()) and all(L.state == CLOSE for L in links or ())
+    return (_restorer is None or _restorer.done()) and all(
+        L is None or L.state == CLOSE for L in links
+    )

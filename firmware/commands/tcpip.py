@@ -85,8 +85,8 @@ def _send(p):
 # Transparent mode on the lowest connected link; "+++" alone leaves it.
 def _sendraw():
     links = _links()
-    for link in links.links or ():
-        if link.state == links.CONNECTED and link.type != "tcp_server":
+    for link in links.links:
+        if link and link.state == links.CONNECTED and link.type != "tcp_server":
             ctx.serial.after_reply(lambda: ctx.serial.enter_transparent(link))
             return
     raise AtError(at.E_STATE, "no connected link")

@@ -18,6 +18,8 @@ def split_url(url):
     if not sep or scheme not in ("http", "https"):
         raise ValueError("scheme must be http or https")
     tls = scheme == "https"
+    if "?" in rest or "#" in rest:  # the module adds paths to it: <url><version>/manifest.json
+        raise ValueError("no query or fragment")
     hostport, _, path = rest.partition("/")
     host, _, port = hostport.partition(":")
     if not host or " " in host or (port and not (port.isdigit() and 0 < int(port) < 65536)):

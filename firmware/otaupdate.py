@@ -29,7 +29,14 @@ _NEW = "ota/new"  # staging folder
 _ENOSPC = const(28)
 _NO_OTA_PARTITION = "this image has no OTA partition: flash ESP32_GENERIC-OTA"
 
+VERSION_MAX = const(32)  # what AT+FWVER can show
 _task = None  # the running update
+
+
+# A release's version (docs/OTA.md): 1 to 32 letters, digits, ".", "_", "-". It is a folder on
+# the server and a word in +OTACHECK's line.
+def version_ok(v):
+    return 0 < len(v) <= VERSION_MAX and all(c.isalpha() or c.isdigit() or c in "._-" for c in v)
 
 
 # No update runs: nothing of this module is in use.
@@ -78,6 +85,8 @@ async def _manifest(http, path):
         raise Fail("MANIFEST", "not JSON")
     if not isinstance(m, dict) or not isinstance(m.get("version"), str):
         raise Fail("MANIFEST", "no version")
+    if not version_ok(m["version"]):
+        raise Fail("MANIFEST", "not a version: 1 to 32 letters, digits, . _ -")
     return m
 
 

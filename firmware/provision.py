@@ -444,13 +444,15 @@ class Server:
         self.nets = nets
 
     # Join ssid with key: None on success, else why not. The credentials are stored as
-    # AT+WJAP stores them; on failure the previous ones come back.
+    # AT+WJAP stores them; on failure the previous ones come back, and a station that was
+    # joined joins its AP again.
     async def join(self, ssid, key):
         if self.joining or self.done:
             return "busy"
         self.joining = True
         st = wifi.station
         old = {"sta": ctx.settings["sta"], "sta_on": ctx.settings["sta_on"]}
+        was_up = st.state == wifi.UP
         ok = False
         try:
             ctx.settings.update({"sta": [ssid, key], "sta_on": True})
@@ -472,8 +474,11 @@ class Server:
         finally:
             self.joining = False
             if not ok:
-                st.quit(announce=False)  # no retries with a key that failed
                 ctx.settings.update(old)
+                if was_up:
+                    st.join()
+                else:
+                    st.quit(announce=False)  # no retries with a key that failed
 
     # Every task cancelled (the accept task leaves the poller), then the socket closed.
     def close(self):

@@ -228,7 +228,7 @@ def _forget_failed(name):
             if package in sys.modules:
                 for file in os.listdir(sys.modules[package].__path__):
                     names.append(package + "." + file.split(".")[0])
-    except MemoryError:
+    except (MemoryError, OSError):
         pass  # the failed module's own slot, at least
     for n in names:
         if n not in sys.modules:

@@ -20,7 +20,8 @@ URLS = [
 
 BAD_URLS = [
     "ftp://h/", "example.com/ota", "http:/h", "HTTP://h/", "http://", "http:///path",
-    "http://h:0/", "http://h:65536/", "http://h:8o/", "http://a b/", "",
+    "http://h:0/", "http://h:65536/", "http://h:8o/", "http://a b/", "", "http://h/?x=1",
+    "http://h/ota#frag",
 ]  # fmt: skip
 
 

@@ -180,6 +180,19 @@ def test_url_check_and_errors(module, server):
     assert m.cmd("AT+OTAURL?") == f"\r\n+OTAURL:{server.url}\r\n".encode() + OK
 
 
+# +OTACHECK shows only a version (docs/OTA.md): a server's text with a line end in it made a
+# second OK that a driver takes for its next command's (found by exploratory testing), and one
+# that AT+OTASTART refuses cannot be offered.
+def test_check_refuses_what_is_no_version(module, tmp_path):
+    m = module
+    with FileServer(tmp_path) as srv:
+        online(m, srv.url)
+        for bad in ("a,b\r\nOK\r\n", "v" * 33, "", "../x"):
+            (tmp_path / "manifest.json").write_text(json.dumps({"version": bad}))
+            assert m.cmd("AT+OTACHECK", timeout=10) == ERROR, bad
+            assert b"OTA MANIFEST: not a version" in m.cmd("AT+ERRNO"), bad
+
+
 def test_unknown_version_and_dead_server(module, server):
     m = module
     online(m, server.url)

@@ -480,6 +480,22 @@ def test_enet_raw_mode_is_always_off(s):
         assert errno(m).split(b",")[0] != b"\r\n+ERRNO:9", bad
 
 
+# A phone's failed attempt gives a station that was joined back its AP and key, during
+# provisioning and after it (found by exploratory testing: it stayed down, +WJAPS:STATION_DOWN,
+# until the host sent AT+WJAP= again).
+def test_a_failed_attempt_gives_the_joined_station_back(s):
+    m = s.m
+    assert m.cmd("AT+WJAP=EMW-TEST,12345678") == OK
+    assert m.read_until(UP, timeout=10) == UP
+    s.start()
+    assert s.provision("EMW-TEST", "bad-key-1") == {"ok": False, "error": "wrong key"}
+    assert m.read_until(UP, timeout=10).endswith(UP)
+    assert m.cmd("AT+SMARTSTOP") == OK
+    m.read_until(AP_DOWN)
+    assert m.cmd("AT+WJAPS") == reply(b"+WJAPS:STATION_UP")
+    assert m.cmd("AT+WJAP=?") == reply(b"+WJAP:EMW-TEST,12345678")
+
+
 def test_stop_during_a_join_keeps_the_old_credentials(s):
     m = s.m
     assert m.cmd("AT+WJAP=HomeNet,correct horse battery") == OK

@@ -14,7 +14,6 @@ from firmware.at import AtError
 from firmware.commands.system import reading, setter, switch, value
 
 _URL_MAX = const(200)
-_VERSION_MAX = const(32)  # what AT+FWVER can show
 
 
 # An update server is set and the module can reach it.
@@ -33,12 +32,11 @@ async def _check_cmd():
 
 def _start(p):
     at.count(p, 1)
-    version = at.text(p, 0, _VERSION_MAX)
-    for c in version:
-        if not (c.isalpha() or c.isdigit() or c in "._-"):
-            raise AtError(at.E_PARAM, "parameter 1: letters, digits, . _ - only")
-    _need_server()
     otaupdate = registry.use("ota", "firmware.otaupdate")
+    version = at.text(p, 0, otaupdate.VERSION_MAX)
+    if not otaupdate.version_ok(version):
+        raise AtError(at.E_PARAM, "parameter 1: letters, digits, . _ - only")
+    _need_server()
     if not otaupdate.idle():
         raise AtError(at.E_STATE, "an update is running")
     if ota.free_slot() is None:

@@ -480,15 +480,12 @@ def test_a_link_beside_mqtt_at_110k(tmp_path: Path, world: dict) -> None:
 # VM bytes) that none of them needs while no link runs.
 @pytest.mark.timeout(120)
 def test_driver_start_up_beside_mqtt_over_tls_at_110k(tmp_path: Path, world: dict) -> None:
+    lines = [f"AT+CIPAUTOCONN={i},0" for i in range(5)] + [f"AT+CIPSTOP={i}" for i in range(5)]
     m, h, _ = session(tmp_path)
     with m:
         wifi_on(h)
         mqtt_on(h, world)
-        for lid in range(5):
-            h.cmd(f"AT+CIPAUTOCONN={lid},0")
-        for lid in range(5):
-            h.cmd(f"AT+CIPSTOP={lid}")
-        for line in ("AT+WEVENT=ON", "AT+CIPEVENT=ON", "AT+CIPRECVCFG=1"):
+        for line in [*lines, "AT+WEVENT=ON", "AT+CIPEVENT=ON", "AT+CIPRECVCFG=1"]:
             h.cmd(line)
         mqtt_use(h, world)
         mqtt_off(h)

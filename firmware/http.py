@@ -102,7 +102,7 @@ class Http:
                 answered = await self._head()
             except ValueError as e:  # mbedTLS: the server's certificate does not verify
                 self.close()
-                raise Fail("TLS", tls.reason(e))
+                raise Fail("TLS", tls.reason(e) if tls else aio.why(e))
             except OSError as e:
                 self.close()
                 if fresh:

@@ -285,7 +285,7 @@ class Link:
             aio.task(self._push(peer))
 
     async def _push(self, peer):
-        while peer.n:
+        while peer.n and ctx.settings["recvcfg"]:
             await ctx.serial.send(lambda: self._held(peer), self)
 
     async def _pull(self, peer):

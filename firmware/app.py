@@ -120,15 +120,14 @@ async def _housekeeping():
         if not wifi.online():
             await asyncio.sleep_ms(500)
             continue
-        held = "firmware.sntp" in sys.modules
         try:
-            sntp = registry.imported("firmware.sntp")
-            await sntp.sync()
+            sntp, before = registry.borrow("firmware.sntp")
+            try:
+                await sntp.sync()
+            finally:
+                registry.give_back("firmware.sntp", before)
             wait, pause = _RETRY_MIN_MS, _RESYNC_MS
         except Exception:  # AtError: no answer (AT+SNTPTIME tells why); MemoryError
             pause, wait = wait, min(wait * 2, _RETRY_MAX_MS)
-        if not held:
-            sys.modules.pop("firmware.sntp", None)
-            sys.modules["firmware"].__dict__.pop("sntp", None)
         sntp = None
         await asyncio.sleep_ms(pause)

@@ -12,7 +12,6 @@ MAX = const(16384)  # bytes of a certificate chain or key: a real CA chain is 6.
 
 _DIR = settings.DIR + "/certs"
 held = ctx.certs_held  # stored while FLASHLOCK is ON: live until reboot, like settings
-version = 0  # counted up by each AT+SSLCERTSET (tls.py keys its shared contexts by it)
 
 
 def path(kind):
@@ -84,7 +83,6 @@ class Upload:
     # refused with a reason and nothing stored): renamed over it or, under FLASHLOCK, held in
     # RAM.
     def commit(self):
-        global version
         if self._cr:
             self._f.write(b"\n")
         self._f.close()
@@ -101,7 +99,7 @@ class Upload:
             _remove(self._tmp)
         else:
             os.rename(self._tmp, path(self.kind))
-        version += 1
+        ctx.certs_version += 1
 
 
 def _remove(name):

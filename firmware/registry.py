@@ -236,6 +236,26 @@ def _forget_failed(name):
             del sys.modules[n]
 
 
+# A module one call needs and nothing keeps (tls's certificates while a context is made, the
+# housekeeping's SNTP): imported, and given back after the call, dropped unless it was loaded
+# before. Returns (module, loaded before).
+def borrow(name):
+    before = name in sys.modules
+    return imported(name), before
+
+
+def give_back(name, before):
+    if not before:
+        _remove(name)
+
+
+def _remove(name):
+    sys.modules.pop(name, None)
+    package, _, attr = name.rpartition(".")
+    if package in sys.modules:
+        sys.modules[package].__dict__.pop(attr, None)
+
+
 def idle(group):
     owner = sys.modules.get(_IDLE.get(group))
     return owner is None or owner.idle()
@@ -267,7 +287,7 @@ def _release(group):
 
 
 # Remove modules from sys.modules and from their packages, except those a module that stays
-# still refers to, directly or through another kept one (MQTT keeps tls, tls keeps certs): a
+# still refers to, directly or through another kept one (MQTT keeps tls, and what tls uses): a
 # group loaded later may share one, which then goes with that group. All that needs memory
 # comes before the first removal: a MemoryError (AT+MEMFREE in a full heap) leaves every module
 # in place, never one removed that another still uses (its next import would make a second
@@ -280,15 +300,13 @@ def _drop(names):
     gone = []
     for name in names:
         if sys.modules.get(name) not in kept:
-            gone.append((name, name.rpartition(".")))
+            gone.append(name)
             continue
         for group, owned in _loaded.items():  # whichever goes last takes it along
             if group != "system" and name not in owned:
                 owned.append(name)
-    for name, (package, _, attr) in gone:
-        sys.modules.pop(name, None)
-        if package in sys.modules:
-            sys.modules[package].__dict__.pop(attr, None)
+    for name in gone:
+        _remove(name)
 
 
 # Add the modules a module refers to, and theirs, to kept. A package's attributes are its

@@ -12,7 +12,7 @@ import time
 import machine
 from micropython import const
 
-from firmware import at, certs
+from firmware import at, ctx, registry
 
 _TLS_MAX = const(2)
 _CLOCK_WAIT_MS = const(10000)
@@ -21,7 +21,7 @@ _CLOCK_YEAR = const(2024)  # an RTC before this year has not been set since powe
 _MBEDTLS_ERR_MIN = const(-0x1000)  # SSL, X509, PK errors; smaller ones are not TLS's
 
 _sessions = 0
-_shared = {}  # (verify, client, certs.version) -> the context its sessions share
+_shared = {}  # (verify, client, ctx.certs_version) -> the context its sessions share
 
 
 def acquire():
@@ -71,10 +71,19 @@ def context(verify, client=False):
 
 # What a context is made for: a held one serves while this is unchanged.
 def made_for(verify, client=False):
-    return (verify, client, certs.version)
+    return (verify, client, ctx.certs_version)
 
 
+# The certificates' module (3.9 KB) only while a context is made: a session holds none of it.
 def _context(verify, client):
+    certs, before = registry.borrow("firmware.certs")
+    try:
+        return _made(certs, verify, client)
+    finally:
+        registry.give_back("firmware.certs", before)
+
+
+def _made(certs, verify, client):
     import ssl
 
     t = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -115,29 +115,35 @@ for group, command in (("tcpip", "CIPSTART"), ("bt", "BTSTATE"), ("provision", "
     registry.release()
     assert group not in registry._loaded and registry._IDLE[group] not in sys.modules, group
 
-# A module two groups share, and what it imported: TLS, loaded by a TLS link (so counted as
+# A module two groups share, and what it refers to: TLS, loaded by a TLS link (so counted as
 # the TCP/IP group's), then used by MQTT. The links stop: tls stays while MQTT refers to it,
-# and so does certs, which only tls refers to (dropped, it came back as a second copy beside
-# the one tls uses, its own certificate version with it); they go with MQTT.
+# and so does a module only tls refers to (dropped, it would come back as a second copy beside
+# the one tls uses, with state of its own); they go with MQTT. The certificates' module is no
+# such module: tls borrows it while it makes a context, and gives it back.
 registry.load("tcpip")
 links = registry.use("tcpip", "firmware.links")
 links.tls = registry.use("tcpip", "firmware.tls")
+tls = sys.modules["firmware.tls"]
+tls.only_mine = registry.use("tcpip", "firmware.httpmsg")  # stands for a module tls keeps
+assert tls.context(False) is tls.context(False)  # made once, shared
+assert "firmware.certs" not in sys.modules
 links.idle = lambda: False  # the link runs while MQTT loads
 registry.load("mqtt")
 mqtt = sys.modules["firmware.mqtt"]
 mqtt.tls = registry.use("mqtt", "firmware.tls")
 assert "firmware.tls" not in registry._loaded["mqtt"]  # loaded already: the links' group's
-tls, certs = sys.modules["firmware.tls"], sys.modules["firmware.certs"]
+mine = tls.only_mine
 mqtt.idle = lambda: False
 links.idle = lambda: True
 links = None
 registry.release()
 assert "tcpip" not in registry._loaded and "firmware.links" not in sys.modules
-assert sys.modules["firmware.tls"] is tls and sys.modules["firmware.certs"] is certs
-assert "firmware.tls" in registry._loaded["mqtt"] and "firmware.certs" in registry._loaded["mqtt"]
+assert sys.modules["firmware.tls"] is tls and sys.modules["firmware.httpmsg"] is mine
+assert "firmware.tls" in registry._loaded["mqtt"]
+assert "firmware.httpmsg" in registry._loaded["mqtt"]
 mqtt.idle = lambda: True
-mqtt = tls = certs = None
+mqtt = tls = mine = None
 registry.release()
-for name in ("firmware.mqtt", "firmware.tls", "firmware.certs"):
+for name in ("firmware.mqtt", "firmware.tls", "firmware.httpmsg"):
     assert name not in sys.modules, name
 print("OK")

@@ -121,11 +121,11 @@ async def _housekeeping():
             await asyncio.sleep_ms(500)
             continue
         try:
-            sntp, before = registry.borrow("firmware.sntp")
+            sntp = registry.imported("firmware.sntp")
             try:
                 await sntp.sync()
             finally:
-                registry.give_back("firmware.sntp", before)
+                registry.give_back("firmware.sntp")
             wait, pause = _RETRY_MIN_MS, _RESYNC_MS
         except Exception:  # AtError: no answer (AT+SNTPTIME tells why); MemoryError
             pause, wait = wait, min(wait * 2, _RETRY_MAX_MS)

@@ -236,24 +236,14 @@ def _forget_failed(name):
             del sys.modules[n]
 
 
-# A module one call needs and nothing keeps (tls's certificates while a context is made, the
-# housekeeping's SNTP): imported, and given back after the call, dropped unless it was loaded
-# before. Returns (module, loaded before).
-def borrow(name):
-    before = name in sys.modules
-    return imported(name), before
-
-
-def give_back(name, before):
-    if not before:
-        _remove(name)
-
-
-def _remove(name):
-    sys.modules.pop(name, None)
-    package, _, attr = name.rpartition(".")
-    if package in sys.modules:
-        sys.modules[package].__dict__.pop(attr, None)
+# A module imported for one call (tls's certificates while it makes a context, the
+# housekeeping's SNTP) goes after it, unless a module that stays refers to it (_drop). Out of
+# memory, it stays until the next call gives it back.
+def give_back(name):
+    try:
+        _drop((name,))
+    except MemoryError:
+        pass
 
 
 def idle(group):
@@ -300,13 +290,15 @@ def _drop(names):
     gone = []
     for name in names:
         if sys.modules.get(name) not in kept:
-            gone.append(name)
+            gone.append((name, name.rpartition(".")))
             continue
         for group, owned in _loaded.items():  # whichever goes last takes it along
             if group != "system" and name not in owned:
                 owned.append(name)
-    for name in gone:
-        _remove(name)
+    for name, (package, _, attr) in gone:
+        sys.modules.pop(name, None)
+        if package in sys.modules:
+            sys.modules[package].__dict__.pop(attr, None)
 
 
 # Add the modules a module refers to, and theirs, to kept. A package's attributes are its

@@ -76,11 +76,11 @@ def made_for(verify, client=False):
 
 # The certificates' module (3.9 KB) only while a context is made: a session holds none of it.
 def _context(verify, client):
-    certs, before = registry.borrow("firmware.certs")
+    certs = registry.imported("firmware.certs")
     try:
         return _made(certs, verify, client)
     finally:
-        registry.give_back("firmware.certs", before)
+        registry.give_back("firmware.certs")
 
 
 def _made(certs, verify, client):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from host_tests.module import REPO, SERVER_IP, TARGET_BAUD, TARGET_PORT, Module
+from host_tests.netservers import Pki, have_openssl
 
 # MicroPython scripts, run on the VM by their pytest wrappers, not collected by pytest itself.
 collect_ignore = ["vm", "fake_fw"]
@@ -89,6 +90,14 @@ def mpy() -> str:
     if not path.exists():
         path = REPO / ".venv" / "bin" / "micropython"
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The tests' certificates (netservers.Pki), made once per test module."""
+    if not have_openssl():
+        pytest.skip("openssl CLI not installed")
+    return Pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

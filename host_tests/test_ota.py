@@ -321,6 +321,21 @@ def test_download_cut_or_stalled(module, server):
     assert fwver(m) == V1
 
 
+# AT+WJAPQ in the middle of a download: the station's address goes, and with it the download's
+# connection (lwIP aborts it: host/board/socket.py), long before a stalled server's timeout.
+def test_leaving_the_ap_ends_a_download(module, server):
+    m = module
+    online(m, server.url)
+    server.stall[f"{V1}/firmware/at.mpy"] = 500
+    assert m.cmd(f"AT+OTASTART={V1}") == OK
+    assert m.read_until(START, timeout=5) == START
+    t0 = time.monotonic()
+    m.write(b"AT+WJAPQ\r")
+    assert b"ECONNABORTED" in fail(m, "NETWORK")
+    assert time.monotonic() - t0 < 3
+    assert fwver(m) == FACTORY
+
+
 def test_commands_answered_during_download(module, server):
     """The download runs beside the command engine: AT answers while it goes on."""
     m = module

@@ -287,13 +287,6 @@ def echo() -> Iterator[TcpEcho]:
         yield s
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    if not have_openssl():
-        pytest.skip("openssl CLI not installed")
-    return Pki(tmp_path_factory.mktemp("pki"))
-
-
 STARTUP = (
     ["AT+FWVER?", "AT+UARTE=OFF", "AT"]
     + [f"AT+CIPAUTOCONN={i},0" for i in range(5)]

@@ -177,7 +177,7 @@ class BLE:
         host, _, port = (os.getenv("EMW_BT") or "").rpartition(":")
         if not host:
             raise OSError(_EOPNOTSUPP)  # the launcher has no radio (bumble not installed)
-        s = socket.socket()
+        s = socket.socket(station=False)
         s.connect(socket.getaddrinfo(host, int(port))[0][-1])
         s.setblocking(False)
         self._sock = s

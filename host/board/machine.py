@@ -72,7 +72,7 @@ def _addr(var):
 def _ctl(req):
     if not os.getenv("EMW_CONTROL"):
         return {}
-    s = socket.socket()
+    s = socket.socket(station=False)
     try:
         s.connect(_addr("EMW_CONTROL"))
         s.write(json.dumps(req).encode() + b"\n")
@@ -336,7 +336,7 @@ class UART(io.IOBase):
             raise ValueError("invalid parity")
         self._s = _uarts.get(self._id)
         if self._s is None:
-            s = socket.socket()
+            s = socket.socket(station=False)
             # TCP_NODELAY: without it Nagle holds a response written after its echo until the
             # launcher's delayed ACK (40 ms).
             s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY

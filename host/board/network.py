@@ -211,6 +211,21 @@ class WLAN:
     PM_PERFORMANCE = 1
     PM_POWERSAVE = 2
     PROTOCOL_DEFAULT = 7
+    _phase = _OFF
+
+    # The STA's link phase. Leaving _UP, the station loses its address, and with it its TCP
+    # connections (host/board/socket.py sta_down).
+    @property
+    def _ph(self):
+        return self._phase
+
+    @_ph.setter
+    def _ph(self, ph):
+        if self._phase == _UP and ph != _UP:
+            import socket
+
+            socket.sta_down()
+        self._phase = ph
 
     # One object per interface, as on the ESP32
     def __new__(cls, if_id=STA_IF):

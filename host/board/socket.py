@@ -13,6 +13,8 @@
 # soft AP's 192.168.4.1:80 opens on a loopback port, binds to 0.0.0.0 stay on loopback (launcher
 # --listen) and the factory SNTP servers reach the launcher's NTP responder. Every socket the
 # firmware opens or binds takes its address from getaddrinfo (asyncio's too).
+# A TCP connection goes through the station: connect() fails without its address, and the
+# connections end when it loses it, as lwIP's do (sta_down below).
 # A wrapper, not a subclass: select.poll reports POLLNVAL for a Python subclass of the socket
 # type, while an io.IOBase whose ioctl answers MP_STREAM_GET_FILENO is polled on its descriptor.
 import errno
@@ -40,6 +42,9 @@ _MP_STREAM_GET_FILENO = const(10)
 _EISCONN_NEWLIB = const(127)
 _EISCONN_LINUX = const(106)
 _EAI_FAIL = const(-202)  # lwIP netdb.h EAI_FAIL, negated by modsocket.c
+_ECONNABORTED_LINUX = const(103)
+_ENOTCONN_LINUX = const(107)
+_EHOSTUNREACH_LINUX = const(113)
 # What a TCP connection holds unsent or unacknowledged: lwIP's TCP_SND_BUF, ESP-IDF's
 # CONFIG_LWIP_TCP_SND_BUF_DEFAULT (5760; ports/esp32/boards/sdkconfig.base keeps it). Linux grows
 # a socket's to 4 MB: a peer that stops reading stalled a send only after megabytes.
@@ -88,6 +93,57 @@ def _rules(text):
 
 
 _MAP = _rules(os.getenv("EMW_NETMAP") or "")
+# The firmware's open TCP client connections, in slots made at boot (the stand-ins' share of
+# the heap: recording one never takes the firmware's memory; not a limit of the chip's).
+_conns = [None] * 32
+
+
+# The station lost its address: ESP-IDF sets it to 0.0.0.0 at STA_DISCONNECTED
+# (esp_netif_lwip.c esp_netif_down_api, static addresses too), and lwIP aborts every TCP
+# connection bound to the old one (tcp.c tcp_netif_ip_addr_changed: tcp_abort). Its socket
+# polls readable and writable (api_msg.c err_tcp); reads and writes raise ECONNABORTED twice,
+# then ENOTCONN (sockets.c, err.c). Linux's disconnect (connect() to AF_UNSPEC) wakes the poller
+# the same way; its peer gets a reset (the chip's RST most likely never leaves the radio) and
+# data received but not yet read is gone (the chip would give it first). Listening sockets
+# stay. A server's clients that came in through the station end on the chip too; here they
+# stay: the PC cannot tell the station's clients from the soft AP's (both are loopback).
+def sta_down():
+    for i, s in enumerate(_conns):
+        if s is not None:
+            _conns[i] = None
+            s._lost = 1
+            try:
+                s.raw.connect(bytes(16))  # AF_UNSPEC: Linux disconnects the socket
+            except OSError:
+                pass
+
+
+# A socket closed through TLS (host/board/ssl.py wraps its .raw) leaves its slot here.
+def _track(s):
+    free = -1
+    for i, t in enumerate(_conns):
+        if t is not None and t.raw.fileno() < 0:
+            _conns[i] = t = None
+        if t is None and free < 0:
+            free = i
+    if free >= 0:
+        _conns[free] = s
+
+
+def _untrack(s):
+    for i, t in enumerate(_conns):
+        if t is s:
+            _conns[i] = None
+
+
+# The station has an address. Without it lwIP's tcp_connect finds no route (ip_route: ERR_RTE,
+# EHOSTUNREACH; with the soft AP up the chip's SYN goes out there instead, unanswered, until
+# the caller's timeout).
+def _station_up():
+    import network
+
+    sta = network._ifs[network.STA_IF]
+    return sta is not None and sta.isconnected()
 
 
 def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
@@ -105,13 +161,18 @@ def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
 
 
 class socket(io.IOBase):
-    def __init__(self, af=AF_INET, type=SOCK_STREAM, proto=0, _raw=None):
+    # station=False: a connection of the PC's plumbing (the launcher's UART, radio, control), not
+    # one of the firmware's through the station.
+    def __init__(self, af=AF_INET, type=SOCK_STREAM, proto=0, _raw=None, station=True):
         self.raw = _Socket(af, type, proto) if _raw is None else _raw
         if _raw is None and type == SOCK_STREAM:  # accepted ones inherit it
             self.raw.setsockopt(SOL_SOCKET, _SO_SNDBUF, _LWIP_SND_BUF // 2)  # Linux doubles it
         self._pending = False  # a non-blocking connect() is under way
+        self._via_station = type == SOCK_STREAM and station
+        self._lost = 0  # aborted: the reads and writes since (sta_down)
 
     def close(self):
+        _untrack(self)
         self.raw.close()
 
     def fileno(self):
@@ -123,6 +184,10 @@ class socket(io.IOBase):
         return 0
 
     def connect(self, addr):
+        if self._via_station and not self._pending:
+            if not _station_up():
+                raise lwip_error(OSError(_EHOSTUNREACH_LINUX))
+            _track(self)
         try:
             self.raw.connect(addr)
         except OSError as e:
@@ -133,10 +198,16 @@ class socket(io.IOBase):
 
     # A call of the unix socket with lwIP's errors.
     def _call(self, f, *args):
+        if self._lost:
+            raise self._aborted()
         try:
             return f(*args)
         except OSError as e:
             raise lwip_error(e)
+
+    def _aborted(self):
+        self._lost += 1
+        return lwip_error(OSError(_ECONNABORTED_LINUX if self._lost <= 3 else _ENOTCONN_LINUX))
 
     def bind(self, addr):
         self._call(self.raw.bind, addr)
@@ -162,12 +233,16 @@ class socket(io.IOBase):
 
     # The data path: readinto and write without the extra call.
     def readinto(self, buf, n=-1):
+        if self._lost:
+            raise self._aborted()
         try:
             return self.raw.readinto(buf) if n < 0 else self.raw.readinto(buf, n)
         except OSError as e:
             raise lwip_error(e)
 
     def write(self, buf, n=-1):
+        if self._lost:
+            raise self._aborted()
         try:
             return self.raw.write(buf) if n < 0 else self.raw.write(buf, n)
         except OSError as e:

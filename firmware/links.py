@@ -26,6 +26,7 @@ _TLS_TIMEOUT_S = const(5)
 _SEND_WAIT_MS = const(10000)  # CIPSEND waits this long for a link to connect or take data
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(30000)
+_WIFI_POLL_MS = const(200)  # how often a link waiting for the station looks again
 _EISCONN = const(127)  # lwIP/newlib EISCONN: not in MicroPython's errno module
 
 
@@ -153,8 +154,13 @@ class Link:
             if not ctx.settings["autoconn"][self.id] or self.type == "tcp_server":
                 self.task = None
                 return
-            await asyncio.sleep_ms(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX_MS)
+            if wifi.online():
+                await asyncio.sleep_ms(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_MS)
+            else:  # no station: again as soon as it is back (drivers wait from STATION_UP)
+                backoff = _BACKOFF_MIN_MS
+                while not wifi.online():
+                    await asyncio.sleep_ms(_WIFI_POLL_MS)
             self.state = CONNECTING
 
     def _drop(self):
@@ -538,7 +544,7 @@ def start():
 
 async def _restore():
     while not wifi.online():
-        await asyncio.sleep_ms(200)
+        await asyncio.sleep_ms(_WIFI_POLL_MS)
     for lid, cfg in enumerate(ctx.settings["links"]):
         if cfg and ctx.settings["autoconn"][lid]:
             try:

@@ -26,7 +26,17 @@ from host_tests.netservers import (
     wait_for,
 )
 from host_tests.soak import Wire as SoakWire
-from host_tests.test_tcpip import UP, Wire, connect_client, ev, is_event, ready, start, stop
+from host_tests.test_tcpip import (
+    UP,
+    Wire,
+    connect_client,
+    ev,
+    is_event,
+    join,
+    ready,
+    start,
+    stop,
+)
 
 CHUNK = 4096
 SUBSCRIBED = "+MQTTEVENT:1,SUBSCRIBE,SUCCESS"
@@ -207,6 +217,28 @@ def test_leaving_the_ap_ends_the_stations_tcp_connections(module, pki):
         w.m.write(f"AT+CIPSTART=1,tcp_client,{HOST},{echo.port}\r".encode())
         assert w.response("CIPSTART") == ["ERROR"]
         assert reason(w) == "+ERRNO:6,no Wi-Fi link"
+    not_restarted(module)
+
+
+# A link with AT+CIPAUTOCONN on connects again as soon as the station is back, however long it
+# was away (found by exploratory testing: its back-off kept doubling while Wi-Fi was down, and
+# it came back up to 30 s after STATION_UP, where a driver waits a few).
+def test_an_autoconn_link_is_back_with_the_station(module):
+    w = ready(module)
+    w.ok("AT+CIPAUTOCONN=0,1")
+    with TcpEcho() as echo:
+        connect_client(w, 0, echo.port)
+        w.ok("AT+WJAPQ")
+        w.expect_set("+WEVENT:STATION_DOWN", ev(0, "SERVER", "DISCONNECTED"))
+        time.sleep(8)  # retries 1, 2 and 4 s apart would wait 8 s now
+        join(w)
+        t0 = time.monotonic()
+        w.wait_event(ev(0, "SERVER", "CONNECTED"), timeout=20)
+        assert time.monotonic() - t0 < 3
+        assert cipsend(w, 0, b"back")
+        assert w.recv(0, 4) == b"back"
+        w.ok("AT+CIPAUTOCONN=0,0")
+        stop(w, 0)
     not_restarted(module)
 
 

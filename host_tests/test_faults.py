@@ -199,21 +199,28 @@ def test_peer_reset_after_a_stall_is_reported(module):
 
 
 # AT+WJAPQ takes the station's address: its TCP connections end at once (lwIP aborts them:
-# host/board/socket.py), TLS ones too, and say so; none starts without it.
+# host/board/socket.py), TLS ones and a server's client too (the soft AP is off), and say so;
+# none starts without it.
 def test_leaving_the_ap_ends_the_stations_tcp_connections(module, pki):
     w = ready(module)
     with TcpEcho() as echo, TlsEcho(pki) as tls:
         connect_client(w, 0, echo.port)
         connect_client(w, 2, tls.port, typ="ssl_client")
+        port = free_port()
+        start(w, 3, "tcp_server", port)
+        peer = socket.create_connection((HOST, port), timeout=5)
+        client = "{},{}".format(*peer.getsockname())
+        w.wait_event(ev("CLIENT", "CONNECTED", client), timeout=10)
         w.ok("AT+WJAPQ")
         lost = (ev(0, "SERVER", "DISCONNECTED"), ev(2, "SERVER", "DISCONNECTED"))
-        w.expect_set("+WEVENT:STATION_DOWN", *lost)
+        w.expect_set("+WEVENT:STATION_DOWN", *lost, ev("CLIENT", "CLOSED", client))
+        peer.close()
         assert w.status(0) == "+CIPSTATUS:tcp_client,disconnected"
         assert not cipsend(w, 0, b"gone")
         assert reason(w) == "+ERRNO:6,link 0 is disconnected"
         assert w.one("AT+CIPERR=0") == "+CIPERR:0,ECONNABORTED"
-        w.ok("AT+CIPSTOP=0")
-        w.ok("AT+CIPSTOP=2")
+        for lid in (0, 2, 3):
+            w.ok(f"AT+CIPSTOP={lid}")
         w.m.write(f"AT+CIPSTART=1,tcp_client,{HOST},{echo.port}\r".encode())
         assert w.response("CIPSTART") == ["ERROR"]
         assert reason(w) == "+ERRNO:6,no Wi-Fi link"

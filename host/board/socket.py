@@ -105,11 +105,15 @@ _conns = [None] * 32
 # then ENOTCONN (sockets.c, err.c). Linux's disconnect (connect() to AF_UNSPEC) wakes the poller
 # the same way; its peer gets a reset (the chip's RST most likely never leaves the radio) and
 # data received but not yet read is gone (the chip would give it first). Listening sockets
-# stay. A server's clients that came in through the station end on the chip too; here they
-# stay: the PC cannot tell the station's clients from the soft AP's (both are loopback).
+# stay. A server's clients end too while the soft AP is off (every one came through the
+# station); with it on they stay: the PC cannot tell the station's from the AP's (loopback).
 def sta_down():
+    import network
+
+    ap = network._ifs[network.AP_IF]
+    ap_on = ap is not None and ap._act
     for i, s in enumerate(_conns):
-        if s is not None:
+        if s is not None and not (s._accepted and ap_on):
             _conns[i] = None
             s._lost = 1
             try:
@@ -170,6 +174,7 @@ class socket(io.IOBase):
         self._pending = False  # a non-blocking connect() is under way
         self._via_station = type == SOCK_STREAM and station
         self._lost = 0  # aborted: the reads and writes since (sta_down)
+        self._accepted = False  # a server's client
 
     def close(self):
         _untrack(self)
@@ -217,7 +222,10 @@ class socket(io.IOBase):
 
     def accept(self):
         s, addr = self._call(self.raw.accept)
-        return socket(_raw=s), addr
+        s = socket(_raw=s)
+        s._accepted = True
+        _track(s)
+        return s, addr
 
     def setsockopt(self, level, opt, value):
         self.raw.setsockopt(level, opt, value)

@@ -2,6 +2,7 @@
 # 2 private key, 3 revocation list. Kept as the host sent them (PEM with LF line endings, or
 # DER), once check() found them readable.
 import os
+import sys
 
 from micropython import const
 
@@ -99,7 +100,9 @@ class Upload:
             _remove(self._tmp)
         else:
             os.rename(self._tmp, path(self.kind))
-        ctx.certs_version += 1
+        tls = sys.modules.get("firmware.tls")
+        if tls:
+            tls.version += 1
 
 
 def _remove(name):

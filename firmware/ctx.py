@@ -4,7 +4,6 @@ import time
 settings = None  # settings.Settings
 serial = None  # serial.Serial: the command engine and the one writer
 certs_held = {}  # certificates stored while FLASHLOCK is ON (certs.py), kept until reboot
-certs_version = 0  # counted up by each AT+SSLCERTSET (tls.py keys its shared contexts by it)
 mqtt_error = ""  # why the MQTT session last failed (AT+MQTTERR), kept when its group is released
 LINKS = 5  # link ids 0-4 (section 4): the links' commands check ids without loading the links
 

@@ -12,7 +12,7 @@ import time
 import machine
 from micropython import const
 
-from firmware import at, ctx, registry
+from firmware import at, registry
 
 _TLS_MAX = const(2)
 _CLOCK_WAIT_MS = const(10000)
@@ -21,7 +21,10 @@ _CLOCK_YEAR = const(2024)  # an RTC before this year has not been set since powe
 _MBEDTLS_ERR_MIN = const(-0x1000)  # SSL, X509, PK errors; smaller ones are not TLS's
 
 _sessions = 0
-_shared = {}  # (verify, client, ctx.certs_version) -> the context its sessions share
+_shared = {}  # made_for(...) -> the context its sessions share
+# Counted up by each AT+SSLCERTSET (certs.py). A session's module keeps this one loaded while it
+# holds a context: a re-import's 0 meets no context made before.
+version = 0
 
 
 def acquire():
@@ -71,7 +74,7 @@ def context(verify, client=False):
 
 # What a context is made for: a held one serves while this is unchanged.
 def made_for(verify, client=False):
-    return (verify, client, ctx.certs_version)
+    return (verify, client, version)
 
 
 # The certificates' module (3.9 KB) only while a context is made: a session holds none of it.

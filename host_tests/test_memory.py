@@ -448,7 +448,9 @@ def test_mqtt_over_tls_at_110k(tmp_path: Path, world: dict) -> None:
 # a product often runs: the link starts and carries data while the session runs and receives,
 # both stop, three rounds in one boot. Neither loads TLS's code (firmware/tls.py, certs.py:
 # 8 KB) unless it uses TLS; when both did, AT+CIPSTART beside the session answered out of
-# memory. Still at the edge (README, Memory): publishing while the link runs (1.3 KB free once
+# memory; before firmware/registry.py use() returned a loaded module at once, each AT+CIPSEND
+# built a set of sys.modules' names (184 bytes in one piece) and failed in 1 CI run of 3.
+# Still at the edge (README, Memory): publishing while the link runs (1.3 KB free once
 # the MQTT commands load again), and MQTT over TLS beside a link.
 @pytest.mark.timeout(180)
 def test_a_link_beside_mqtt_at_110k(tmp_path: Path, world: dict) -> None:

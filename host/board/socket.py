@@ -165,16 +165,22 @@ def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
 
 
 class socket(io.IOBase):
+    # The state an instance sets only when it differs: an instance's attributes are a hash
+    # table on the firmware's heap, where the chip's socket_obj_t (modsocket.c) is a fixed
+    # 32-byte block, so each one set costs the firmware bytes the board does not.
+    _pending = False  # a non-blocking connect() is under way
+    _via_station = False  # a TCP connection of the firmware's, through the station
+    _lost = 0  # aborted: the reads and writes since (sta_down)
+    _accepted = False  # a server's client
+
     # station=False: a connection of the PC's plumbing (the launcher's UART, radio, control), not
     # one of the firmware's through the station.
     def __init__(self, af=AF_INET, type=SOCK_STREAM, proto=0, _raw=None, station=True):
         self.raw = _Socket(af, type, proto) if _raw is None else _raw
         if _raw is None and type == SOCK_STREAM:  # accepted ones inherit it
             self.raw.setsockopt(SOL_SOCKET, _SO_SNDBUF, _LWIP_SND_BUF // 2)  # Linux doubles it
-        self._pending = False  # a non-blocking connect() is under way
-        self._via_station = type == SOCK_STREAM and station
-        self._lost = 0  # aborted: the reads and writes since (sta_down)
-        self._accepted = False  # a server's client
+        if type == SOCK_STREAM and station:
+            self._via_station = True
 
     def close(self):
         _untrack(self)

@@ -393,7 +393,10 @@ class Link:
         if self.state != CONNECTED:
             raise AtError(E_STATE, "link {} is {}".format(self.id, self.state))
         if self.type.startswith("udp"):
-            self.sock.sendto(data, self.addr)
+            try:  # no interface up: no route (EHOSTUNREACH); lwIP out of buffers: ENOMEM
+                self.sock.sendto(data, self.addr)
+            except OSError as e:
+                raise AtError(E_FAIL, "send: " + _reason(e))
             return
         # Polled, not wait_for(writable(s)): asyncio's IOQueue.remove, run when such a wait is
         # cancelled, unregisters the whole socket, the reader task's wait included, and then a

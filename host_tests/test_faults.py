@@ -22,6 +22,7 @@ from host_tests.netservers import (
     TcpServer,
     TcpSource,
     TlsEcho,
+    UdpEcho,
     free_port,
     wait_for,
 )
@@ -200,10 +201,11 @@ def test_peer_reset_after_a_stall_is_reported(module):
 
 # AT+WJAPQ takes the station's address: its TCP connections end at once (lwIP aborts them:
 # host/board/socket.py), TLS ones and a server's client too (the soft AP is off), and say so;
-# none starts without it.
+# none starts without it. A UDP link stays, but with neither interface up a datagram has no
+# route, and a server's next client never arrives.
 def test_leaving_the_ap_ends_the_stations_tcp_connections(module, pki):
     w = ready(module)
-    with TcpEcho() as echo, TlsEcho(pki) as tls:
+    with TcpEcho() as echo, TlsEcho(pki) as tls, UdpEcho() as uecho:
         connect_client(w, 0, echo.port)
         connect_client(w, 2, tls.port, typ="ssl_client")
         port = free_port()
@@ -211,6 +213,8 @@ def test_leaving_the_ap_ends_the_stations_tcp_connections(module, pki):
         peer = socket.create_connection((HOST, port), timeout=5)
         client = "{},{}".format(*peer.getsockname())
         w.wait_event(ev("CLIENT", "CONNECTED", client), timeout=10)
+        start(w, 4, "udp_unicast", HOST, uecho.port, free_port(socket.SOCK_DGRAM))
+        w.wait_event(ev(4, "UDP", "CONNECTED"))
         w.ok("AT+WJAPQ")
         lost = (ev(0, "SERVER", "DISCONNECTED"), ev(2, "SERVER", "DISCONNECTED"))
         w.expect_set("+WEVENT:STATION_DOWN", *lost, ev("CLIENT", "CLOSED", client))
@@ -219,7 +223,14 @@ def test_leaving_the_ap_ends_the_stations_tcp_connections(module, pki):
         assert not cipsend(w, 0, b"gone")
         assert reason(w) == "+ERRNO:6,link 0 is disconnected"
         assert w.one("AT+CIPERR=0") == "+CIPERR:0,ECONNABORTED"
-        for lid in (0, 2, 3):
+        assert w.status(4) == "+CIPSTATUS:udp_unicast,connected"
+        assert not cipsend(w, 4, b"no route")
+        assert reason(w) == "+ERRNO:7,send: EHOSTUNREACH"
+        late = socket.create_connection((HOST, port), timeout=5)
+        assert late.recv(1) == b""  # closed unseen
+        late.close()
+        assert w.status(3) == "+CIPSTATUS:tcp_server,connected"
+        for lid in (0, 2, 3, 4):
             w.ok(f"AT+CIPSTOP={lid}")
         w.m.write(f"AT+CIPSTART=1,tcp_client,{HOST},{echo.port}\r".encode())
         assert w.response("CIPSTART") == ["ERROR"]

@@ -226,8 +226,15 @@ class socket(io.IOBase):
     def listen(self, backlog=0):
         self.raw.listen(backlog)
 
+    # With neither interface up no SYN reaches the chip; loopback's client is taken and closed
+    # unseen (the listening socket polls readable: aio.accept waits again on EAGAIN).
     def accept(self):
         s, addr = self._call(self.raw.accept)
+        import network
+
+        if not network._up():
+            s.close()
+            raise OSError(errno.EAGAIN)
         s = socket(_raw=s)
         s._accepted = True
         _track(s)
@@ -280,5 +287,11 @@ class socket(io.IOBase):
     def sendall(self, buf):
         return self._call(self.raw.sendall, buf)
 
+    # With neither interface up lwIP finds no route (ESP-IDF's esp_netif_down_api sets the
+    # station's netif down; udp.c udp_sendto: ERR_RTE, EHOSTUNREACH); Linux's loopback always has.
     def sendto(self, buf, addr):
+        import network
+
+        if not network._up():
+            raise lwip_error(OSError(_EHOSTUNREACH_LINUX))
         return self._call(self.raw.sendto, buf, addr)

@@ -20,7 +20,6 @@ CLOSE = "close"
 CHUNK = const(1024)  # largest +CIPEVENT:SOCKET payload
 PULL_MAX = const(2048)  # bytes buffered per peer in pull mode (AT+CIPRECVCFG=0)
 _PULL_MIN = const(256)
-_CLIENTS_MAX = const(5)  # clients of one tcp_server
 _CONNECT_MS = const(10000)
 _TLS_TIMEOUT_S = const(5)
 _SEND_WAIT_MS = const(10000)  # CIPSEND waits this long for a link to connect or take data
@@ -31,6 +30,8 @@ _EISCONN = const(127)  # lwIP/newlib EISCONN: not in MicroPython's errno module
 
 
 tls = None  # firmware.tls, imported for the first ssl_client link: a plain link carries none
+tcpserver = None  # firmware.tcpserver, imported for the first tcp_server link
+udplink = None  # firmware.udplink, imported for the first UDP link
 
 _rx = bytearray(CHUNK)  # the one receive buffer of push mode: read, then pushed at once
 _rxmv = memoryview(_rx)
@@ -92,16 +93,13 @@ class Link:
         self.leftover = None
         self.told = False
         try:
-            if typ == "tcp_server":
-                self._listen()
-            elif typ.startswith("udp"):
-                self._bind_udp()
-                events.emit("CIPEVENT", "{},UDP,CONNECTED".format(self.id), True)
+            if typ == "tcp_server" or typ.startswith("udp"):
+                _code(typ).start(self)
         except OSError as e:
             if self.sock is not None:
                 self.sock.close()
                 self.sock = None
-            raise AtError(E_FAIL, "cannot bind port {}: {}".format(lport, _reason(e)))
+            raise AtError(E_FAIL, "cannot bind port {}: {}".format(lport, reason(e)))
         # Listening or bound is up at the OK (AT+CIPSTATUS says so even before the task runs).
         self.state = CONNECTING if self.sock is None else CONNECTED
         self.task = aio.task(self._run())
@@ -136,10 +134,8 @@ class Link:
         backoff = _BACKOFF_MIN_MS
         while True:
             try:
-                if self.type == "tcp_server":
-                    await self._serve()
-                elif self.type.startswith("udp"):
-                    await self._udp()
+                if self.type == "tcp_server" or self.type.startswith("udp"):
+                    await _code(self.type).run(self)
                 else:
                     await self._client()
                 backoff = _BACKOFF_MIN_MS
@@ -148,7 +144,7 @@ class Link:
             except Exception as e:  # any failure ends this connection
                 if isinstance(e, MemoryError):
                     ctx.serial.out_of_memory("serving link {}".format(self.id))
-                self.error = _reason(e)
+                self.error = reason(e)
                 log.info("link {}: {}".format(self.id, self.error))
             self._drop()
             if not ctx.settings["autoconn"][self.id] or self.type == "tcp_server":
@@ -186,7 +182,7 @@ class Link:
         # the free heap once it was collected: at 110k, with three links just started, 22 KB
         # were free and no run of 3 KB for a TLS context.
         gc.collect()
-        self.addr = _resolve(self.host, self.rport)  # blocking: DNS, once per connection
+        self.addr = resolve(self.host, self.rport)  # blocking: DNS, once per connection
         s = socket.socket()
         self.sock = s
         if self.lport:
@@ -212,7 +208,7 @@ class Link:
         self.state = CONNECTED
         self.told = False
         events.emit("CIPEVENT", "{},SERVER,CONNECTED".format(self.id))
-        await self._pump(peer)
+        await self.pump(peer)
 
     # TLS on a connected socket. blocking: the handshake, up to _TLS_TIMEOUT_S, as
     # MicroPython's own wrap_socket does; the non-blocking form cannot tell that a certificate
@@ -226,46 +222,13 @@ class Link:
         t.setblocking(False)
         return t
 
-    def _listen(self):
-        self.sock = aio.listen("0.0.0.0", self.lport, _CLIENTS_MAX)
-
-    async def _serve(self):
-        if self.sock is None:
-            self._listen()
-        s = self.sock
-        self.state = CONNECTED
-        while True:
-            c, addr = await aio.accept(s)
-            ip, port = ip_port(addr)
-            if len(self.peers) >= _CLIENTS_MAX:
-                c.close()
-                continue
-            peer = Peer(c, ip, port)
-            self.peers.append(peer)
-            events.emit("CIPEVENT", "CLIENT,CONNECTED,{},{}".format(ip, port))
-            peer.task = aio.task(self._serve_peer(peer))
-
-    async def _serve_peer(self, peer):
-        try:
-            await self._pump(peer)
-        except Exception as e:  # a reset ends this client only
-            self.error = _reason(e)
-        peer.task = None
-        self.drop_client(peer)
-
-    def drop_client(self, peer):
-        if peer in self.peers:
-            self.peers.remove(peer)
-            peer.close()
-            events.emit("CIPEVENT", "CLIENT,CLOSED,{},{}".format(peer.ip, peer.port), True)
-
     # Move received data from a stream to the host until the peer closes.
-    async def _pump(self, peer):
+    async def pump(self, peer):
         s = peer.sock
 
         def take():  # the engine calls it with the line free: read, and it writes at once
             if peer.n:
-                return self._held(peer)
+                return self.held(peer)
             n = peer.got = s.readinto(_rx)
             return ("+CIPEVENT:SOCKET,{},{},".format(self.id, n), _rxmv[:n]) if n else None
 
@@ -282,7 +245,7 @@ class Link:
 
     # Data held in pull mode goes first once push mode is on (AT+CIPRECVCFG=1), in order: as
     # events, before anything read after it (the readers serve it first, push_held() at once).
-    def _held(self, peer):
+    def held(self, peer):
         data = peer.take(CHUNK)
         return ("+CIPEVENT:SOCKET,{},{},".format(self.id, len(data)), data) if data else None
 
@@ -292,11 +255,11 @@ class Link:
 
     async def _push(self, peer):
         while peer.n and ctx.settings["recvcfg"]:
-            await ctx.serial.send(lambda: self._held(peer), self)
+            await ctx.serial.send(lambda: self.held(peer), self)
 
     async def _pull(self, peer):
         if peer.buf is None:
-            peer.buf = self._pull_buffer()
+            peer.buf = self.pull_buffer()
         while peer.n == len(peer.buf):  # full: stop reading, so TCP pushes back on the sender
             peer.room.clear()
             await peer.room.wait()
@@ -308,63 +271,13 @@ class Link:
     # A pull buffer of PULL_MAX bytes or, in a heap fragmented past that, a smaller one (down to
     # _PULL_MIN): it only slows the link, TCP holds the rest back in the sender, where a
     # MemoryError would have dropped the link.
-    def _pull_buffer(self):
+    def pull_buffer(self):
         buf = aio.buffer(PULL_MAX, _PULL_MIN)
         if len(buf) < PULL_MAX:
             log.warn(
                 "link {}: pull buffer of {} bytes (heap fragmented)".format(self.id, len(buf))
             )
         return buf
-
-    def _bind_udp(self):
-        self.addr = _resolve(self.host, self.rport)  # blocking: DNS
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock = s
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.type == "udp_broadcast":
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        s.bind(socket.getaddrinfo("0.0.0.0", self.lport)[0][-1])
-        s.setblocking(False)
-
-    async def _udp(self):
-        if self.sock is None:  # bound again after a failure (start() binds the first time)
-            self._bind_udp()
-            events.emit("CIPEVENT", "{},UDP,CONNECTED".format(self.id))
-        s = self.sock
-        self.udp = Peer(s, self.host, self.rport)
-        self.peers = [self.udp]
-        self.state = CONNECTED
-        while True:
-            await aio.readable(s)
-            if ctx.serial.sink is self or ctx.settings["recvcfg"]:
-                await ctx.serial.send(self._datagram, self)  # in transparent mode: raw bytes
-            else:
-                self._keep_datagram(s.recvfrom(CHUNK)[0])
-
-    # One datagram as an event (the engine calls it with the line free); an empty one is
-    # nothing to deliver.
-    def _datagram(self):
-        if self.udp.n:
-            return self._held(self.udp)
-        data, addr = self.sock.recvfrom(CHUNK)
-        if not data:
-            return None
-        if self.type == "udp_broadcast":
-            ip, port = ip_port(addr)
-            head = "+CIPEVENT:UDP_BROADCAST,{},{},{},{},".format(ip, port, self.id, len(data))
-        else:
-            head = "+CIPEVENT:SOCKET,{},{},".format(self.id, len(data))
-        return head, data
-
-    def _keep_datagram(self, data):
-        p = self.udp
-        if p.buf is None:
-            p.buf = self._pull_buffer()
-        if p.n + len(data) > len(p.buf):
-            self.drops += 1
-            return
-        p.buf[p.n : p.n + len(data)] = data
-        p.n += len(data)
 
     # --- sending (AT+CIPSEND, transparent mode)
 
@@ -396,7 +309,7 @@ class Link:
             try:  # no interface up: no route (EHOSTUNREACH); lwIP out of buffers: ENOMEM
                 self.sock.sendto(data, self.addr)
             except OSError as e:
-                raise AtError(E_FAIL, "send: " + _reason(e))
+                raise AtError(E_FAIL, "send: " + reason(e))
             return
         # Polled, not wait_for(writable(s)): asyncio's IOQueue.remove, run when such a wait is
         # cancelled, unregisters the whole socket, the reader task's wait included, and then a
@@ -406,7 +319,7 @@ class Link:
             await aio.write_all(peer.sock, data, _SEND_WAIT_MS)
         except OSError as e:
             if e.args[0] != errno.ETIMEDOUT:  # write_all's (a socket's own is in aio.BUSY)
-                raise AtError(E_FAIL, "send: " + _reason(e))
+                raise AtError(E_FAIL, "send: " + reason(e))
             if not e.args[1]:
                 raise AtError(E_TIMEOUT, "send: peer does not take data")
             self._cut(peer)
@@ -424,7 +337,7 @@ class Link:
     # link with AT+CIPAUTOCONN on connects again.
     def _cut(self, peer):
         if self.type == "tcp_server":
-            self.drop_client(peer)
+            tcpserver.drop_client(self, peer)
             return
         self.error = "peer does not take data"
         self.task.cancel()
@@ -446,14 +359,14 @@ class Link:
 
 
 # The address of a host name or IP. lwIP's resolver fails with a negative OSError (EAI_FAIL).
-def _resolve(host, port):
+def resolve(host, port):
     try:
         return socket.getaddrinfo(host, port)[0][-1]
     except OSError:
         raise AtError(E_FAIL, "cannot resolve " + host)
 
 
-def _reason(e):
+def reason(e):
     why = tls and tls.reason(e)
     if why is not None:
         return why
@@ -489,6 +402,18 @@ def push_held():
             link.push_held(link.leftover)
 
 
+# The code of a tcp_server or UDP link (firmware/tcpserver.py, udplink.py: start() at
+# AT+CIPSTART, run() as its task), loaded with the first link of its kind: a client link
+# carries neither.
+def _code(typ):
+    global tcpserver, udplink
+    if typ == "tcp_server":
+        tcpserver = tcpserver or registry.use("tcpip", "firmware.tcpserver")
+        return tcpserver
+    udplink = udplink or registry.use("tcpip", "firmware.udplink")
+    return udplink
+
+
 # Validate and start a link (AT+CIPSTART); remembered for AT+CIPAUTOCONN.
 def open_link(lid, typ, host, rport, lport, remember=True):
     global tls
@@ -521,7 +446,7 @@ def at_cipstop(p):
     lid = at.integer(p, 0, 0, ctx.LINKS - 1)
     link = get(lid)
     if len(p) == 2 and link.type == "tcp_server" and link.state != CLOSE:
-        link.drop_client(link.peer(at.integer(p, 1, 1, 65535)))
+        tcpserver.drop_client(link, link.peer(at.integer(p, 1, 1, 65535)))
     else:
         close_link(lid)
     return aio.settle()

@@ -61,9 +61,9 @@ def empty():
 
 
 fragmented(1, 2)
-buf = link._pull_buffer()
+buf = link.pull_buffer()
 assert 256 <= len(buf) < 2048, len(buf)
-refused(200, link._pull_buffer)
+refused(200, link.pull_buffer)
 buf = None
 
 fragmented(2, 3)

@@ -21,7 +21,7 @@ import time
 
 from micropython import const
 
-from firmware import aio, at, ctx, events, log, mqttpkt, registry, settings, wifi
+from firmware import aio, at, ctx, events, log, mqttpkt, registry, serial, settings, wifi
 
 tls = None  # firmware.tls, imported for the first session over TLS: a plain one carries none
 
@@ -700,6 +700,42 @@ async def _autostart():
     if s.status == CLOSED and s._task is None:
         s.start()
     _auto = None  # done: the task can go
+
+
+# AT+MQTTPUB= and AT+MQTTSEND (their rows are in commands/mqtt.py; here so that a session
+# publishes without that module, registry.get: beside a link at 110 KiB the module's 8k often
+# found no room to load again). The data phase is always taken (drivers write the data without
+# waiting for ">"), then a publish that cannot go out answers ERROR.
+def at_mqttpub(p):
+    at.count(p, 2)
+    topic = at.text(p, 0, TOPIC_MAX)
+    if not mqttpkt.valid_topic(topic):
+        raise at.AtError(at.E_PARAM, "parameter 1: wildcards in a publish topic")
+    qos = at.integer(p, 1, 0, 2)
+    ctx.settings.set("mqtt_pub", [topic, qos])
+
+
+def at_mqttsend(p):
+    at.count(p, 1)
+    return serial.DataPhase(at.integer(p, 0, 1, serial.LENGTH_MAX), _send_data)
+
+
+async def _send_data(data):
+    s = get()
+    try:
+        if not s.up():
+            why = ": " + ctx.mqtt_error if ctx.mqtt_error else ""
+            raise at.AtError(at.E_STATE, "MQTT is not connected" + why)
+        if not ctx.settings["mqtt_pub"][0]:
+            raise at.AtError(at.E_STATE, "no topic (AT+MQTTPUB)")
+        try:
+            await s.publish(data)
+        except OSError as e:
+            s.broken(e)
+            raise at.AtError(at.E_FAIL, "publish: " + ctx.mqtt_error)
+    except at.AtError:
+        s.pub = PUB_FAIL
+        raise
 
 
 # AT+MQTTCLOSE (its row is in commands/mqtt.py; here so that it runs without that module,

@@ -156,8 +156,9 @@ _loaded = {}  # group -> the modules its imports brought in, until the group is 
 # group loaded first if it is not. None for an unknown name. When the group's command module
 # cannot load (MemoryError), a running feature's own handler of the command's set form (and
 # bare form, unless that is a query), at_<name> in its feature module: so a stop command
-# (AT+MQTTCLOSE, AT+CIPSTOP, AT+SMARTSTOP, AT+BTDISCOVERY=OFF) works in a heap the feature has
-# filled, where its command module, released meanwhile, has no room to load again.
+# (AT+MQTTCLOSE, AT+CIPSTOP, AT+SMARTSTOP, AT+BTDISCOVERY=OFF) and publishing (AT+MQTTPUB=,
+# AT+MQTTSEND) work in a heap the feature has filled, where its command module, released
+# meanwhile, has no room to load again.
 def get(name):
     found = entry(name)
     if found is None:

@@ -145,40 +145,6 @@ def _pub_query():
     return "+MQTTPUB:{},{}".format(at.escape(topic), qos)
 
 
-def _pub_set(p):
-    at.count(p, 2)
-    topic = at.text(p, 0, mqtt.TOPIC_MAX)
-    if not mqttpkt.valid_topic(topic):
-        raise at.AtError(at.E_PARAM, "parameter 1: wildcards in a publish topic")
-    qos = at.integer(p, 1, 0, 2)
-    ctx.settings.set("mqtt_pub", [topic, qos])
-
-
-# The data phase is always taken (drivers write the data without waiting for ">"), then
-# a publish that cannot go out answers ERROR.
-def _send_set(p):
-    at.count(p, 1)
-    return serial.DataPhase(at.integer(p, 0, 1, serial.LENGTH_MAX), _send_data)
-
-
-async def _send_data(data):
-    s = mqtt.get()
-    try:
-        if not s.up():
-            why = ": " + ctx.mqtt_error if ctx.mqtt_error else ""
-            raise at.AtError(at.E_STATE, "MQTT is not connected" + why)
-        if not ctx.settings["mqtt_pub"][0]:
-            raise at.AtError(at.E_STATE, "no topic (AT+MQTTPUB)")
-        try:
-            await s.publish(data)
-        except OSError as e:
-            s.broken(e)
-            raise at.AtError(at.E_FAIL, "publish: " + ctx.mqtt_error)
-    except at.AtError:
-        s.pub = mqtt.PUB_FAIL
-        raise
-
-
 _ACTIONS = ("connect", "subscribe", "publish", "CONNECT", "SUBSCRIBE", "PUBLISH")
 
 
@@ -213,8 +179,8 @@ COMMANDS = {
     "MQTTEVENT": switch("mqttevent", "+MQTTEVENT:"),
     "MQTTSTART": action(_start),
     "MQTTSUB": value(_sub_query, _sub_set),
-    "MQTTPUB": value(_pub_query, _pub_set),
-    "MQTTSEND": setter(_send_set),
+    "MQTTPUB": value(_pub_query, mqtt.at_mqttpub),
+    "MQTTSEND": setter(mqtt.at_mqttsend),
     "MQTTUNSUB": setter(_unsub_set),
     "MQTTSTATUS": setter(_status_set),
     "MQTTCLOSE": action(mqtt.at_mqttclose),

@@ -54,16 +54,19 @@ registry.load("sntp")
 assert CMDS not in sys.modules and "firmware.mqtt" in sys.modules
 
 
-# A heap the feature has filled: its command module cannot load again. Its stop command is
-# then the feature module's own handler; another command of the group, or one of a group whose
-# feature is not loaded, answers out of memory.
+# A heap the feature has filled: its command module cannot load again. Its stop command and
+# publishing are then the feature module's own handlers (set forms; AT+MQTTPUB? needs the
+# module); another command of the group, or one of a group whose feature is not loaded,
+# answers out of memory.
 def full(group, name):
     raise MemoryError
 
 
 use, registry.use = registry.use, full
 assert registry.get("MQTTCLOSE") == (None, None, None, mqtt.at_mqttclose)
-for command in ("MQTTPUB", "CIPSTOP"):
+assert registry.get("MQTTPUB") == (None, None, mqtt.at_mqttpub, None)
+assert registry.get("MQTTSEND") == (None, None, mqtt.at_mqttsend, None)
+for command in ("MQTTSUB", "CIPSTOP"):
     try:
         registry.get(command)
         raise AssertionError(command + ": a row without its module")

@@ -1,5 +1,7 @@
 # The five socket links (ids 0-4) of section 4: one state machine per id over non-blocking
 # sockets, the connection events of the spec, push and pull receive modes, auto-reconnect.
+# A client link's connection is here; a server's listening and clients and a UDP link's
+# datagrams are in firmware/tcpserver.py and udplink.py, loaded with the first of their kind.
 import asyncio
 import errno
 import gc

@@ -95,8 +95,9 @@ class Link:
         self.leftover = None
         self.told = False
         try:
-            if typ == "tcp_server" or typ.startswith("udp"):
-                _code(typ).start(self)
+            code = _code(typ)
+            if code is not None:
+                code.start(self)
         except OSError as e:
             if self.sock is not None:
                 self.sock.close()
@@ -136,10 +137,8 @@ class Link:
         backoff = _BACKOFF_MIN_MS
         while True:
             try:
-                if self.type == "tcp_server" or self.type.startswith("udp"):
-                    await _code(self.type).run(self)
-                else:
-                    await self._client()
+                code = _code(self.type)
+                await (self._client() if code is None else code.run(self))
                 backoff = _BACKOFF_MIN_MS
             except asyncio.CancelledError:
                 raise
@@ -405,15 +404,17 @@ def push_held():
 
 
 # The code of a tcp_server or UDP link (firmware/tcpserver.py, udplink.py: start() at
-# AT+CIPSTART, run() as its task), loaded with the first link of its kind: a client link
-# carries neither.
+# AT+CIPSTART, run() as its task), loaded with the first link of its kind; None for a client
+# link, whose code is Link's own: it carries neither.
 def _code(typ):
     global tcpserver, udplink
     if typ == "tcp_server":
         tcpserver = tcpserver or registry.use("tcpip", "firmware.tcpserver")
         return tcpserver
-    udplink = udplink or registry.use("tcpip", "firmware.udplink")
-    return udplink
+    if typ.startswith("udp"):
+        udplink = udplink or registry.use("tcpip", "firmware.udplink")
+        return udplink
+    return None
 
 
 # Validate and start a link (AT+CIPSTART); remembered for AT+CIPAUTOCONN.
